@@ -1,0 +1,149 @@
+"""The `torch` backend: a torch DataLoader that yields uint8 batches, then the shared device stage.
+
+Array sources (Fashion-MNIST, CIFAR) are cropped and flipped batch-at-once from memory; file sources (JPEG
+trees) are decoded per image in worker processes with RandomResizedCrop + flip (train) or resize + center crop
+(eval). Every batch's randomness is seeded by (seed, epoch, rank, batch index), so output does not depend on
+the number of workers. The augmentation policy runs on the device (`augment_device=True`, batched, per image)
+or, as the per-image baseline, with torchvision's v2 transforms in the workers.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
+
+from .device_stage import DeviceStage
+from .errors import ConfigError
+from .sampling import derive_seed, shard_indices, split_batches
+from .sources import ArraySource, FileSource, Source
+from .spec import AugmentSpec
+
+EVAL_CROP_FRACTION = 0.875
+ARRAY_CROP_PADDING = 4
+
+
+def torchvision_policy(spec: AugmentSpec) -> Optional[v2.Transform]:
+    """torchvision's own per-image transform for `spec`: the reference and the baseline."""
+    if spec.cutout:
+        raise ConfigError("cutout needs augment_device=True (torchvision has no Cutout transform)")
+    if spec.policy == "none":
+        return None
+    if spec.policy == "randaugment":
+        return v2.RandAugment(num_ops=spec.num_ops, magnitude=spec.magnitude, num_magnitude_bins=spec.num_magnitude_bins)
+    if spec.policy == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy(spec.autoaugment_policy))
+    return v2.TrivialAugmentWide(num_magnitude_bins=spec.num_magnitude_bins)
+
+
+def random_pad_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of the zero-padded batch back to its size, then per-image random horizontal flip."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cols = torch.arange(w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols)  # flipping is reading columns backwards
+    rows = dy[:, None] + torch.arange(h)
+    cols = dx[:, None] + cols
+    batch = torch.arange(n)[:, None, None, None]
+    channel = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class _BatchDataset(Dataset):
+    """Maps (epoch, batch index, sample indices) to a uint8 (B, C, S, S) batch and its labels."""
+
+    def __init__(self, source: Source, train: bool, image_size: int, worker_policy: Optional[v2.Transform],
+                 seed: int, rank: int) -> None:
+        self.source, self.train, self.image_size = source, train, image_size
+        self.worker_policy, self.seed, self.rank = worker_policy, seed, rank
+        if isinstance(source, FileSource):
+            crop = (v2.RandomResizedCrop(image_size, antialias=True) if train
+                    else v2.Compose([v2.Resize(round(image_size / EVAL_CROP_FRACTION), antialias=True),
+                                     v2.CenterCrop(image_size)]))
+            steps = [crop, v2.RandomHorizontalFlip()] if train else [crop]
+            self.file_transform = v2.Compose(steps + ([worker_policy] if worker_policy else []))
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key):
+        epoch, batch_index, indices = key
+        indices = torch.as_tensor(indices)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, epoch, self.rank, batch_index))
+            if isinstance(self.source, ArraySource):
+                images = self._array_batch(indices)
+            else:
+                images = torch.stack([self.file_transform(self._decode(int(i))) for i in indices])
+        return images, self.source.labels[indices]
+
+    def _array_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        images = self.source.images[indices]
+        if images.shape[-1] != self.image_size:
+            images = F.interpolate(images.float(), size=self.image_size, mode="bilinear", antialias=True,
+                                   align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+        if self.train:
+            images = random_pad_crop_flip(images, ARRAY_CROP_PADDING, torch.default_generator)
+        if self.worker_policy is not None:
+            images = torch.stack([self.worker_policy(image) for image in images])
+        return images
+
+    def _decode(self, index: int) -> torch.Tensor:
+        path = self.source.files[index]
+        try:
+            return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except RuntimeError as err:
+            raise ConfigError(f"--data: cannot decode {path} ({err}); remove or replace the file") from None
+
+
+class TorchLoader:
+    """The loader contract of DESIGN.md on a torch DataLoader."""
+
+    def __init__(self, source: Source, *, split: str, batch_size: int, image_size: Optional[int] = None,
+                 augment: AugmentSpec = AugmentSpec(), device="cpu", seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: Optional[bool] = None, num_workers: Optional[int] = None,
+                 augment_device: bool = True) -> None:
+        self.train = split == "train"
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = self.train if drop_last is None else drop_last
+        self.image_size = image_size or source.native_size
+        if self.image_size is None:
+            raise ConfigError("--image-size is required for a JPEG tree (e.g. 224)")
+        self.device = torch.device(device)
+        self.epoch = 0
+        augment = augment if self.train else AugmentSpec()
+        worker_policy = None if augment_device else torchvision_policy(augment)
+        self.dataset = _BatchDataset(source, self.train, self.image_size, worker_policy, seed, rank)
+        if num_workers is None:
+            files_or_cpu_aug = isinstance(source, FileSource) or worker_policy is not None
+            num_workers = min(8, os.cpu_count() or 1) if files_or_cpu_aug else 0
+        self.num_workers = num_workers
+        self.stage = DeviceStage(source.mean, source.std, self.device, augment if augment_device else None, seed, rank)
+
+    def _batches(self) -> list:
+        indices = shard_indices(len(self.source), seed=self.seed, epoch=self.epoch, rank=self.rank,
+                                world_size=self.world_size, shuffle=self.train, drop_last=self.drop_last)
+        return split_batches(indices, self.batch_size, self.drop_last)
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle and reseed augmentation for `epoch`."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator:
+        keys = [(self.epoch, i, batch) for i, batch in enumerate(self._batches())]
+        loader = DataLoader(self.dataset, sampler=keys, batch_size=None, num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            prefetch_factor=4 if self.num_workers else None)
+        for batch_index, (images, labels) in enumerate(loader):
+            yield self.stage(images, labels, self.epoch, batch_index)

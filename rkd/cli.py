@@ -1,0 +1,39 @@
+"""The `rkd` command line. Bad input ends in one line on stderr and a non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pipelines.errors import ConfigError
+
+from .commands.photos import make_photo_tree_command
+from .commands.training import distill_command, train_teacher_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="rkd")
+def cli() -> None:
+    """Ensemble knowledge distillation with parameterized augmentation: train, distill, analyze, sweep."""
+
+
+for command in (train_teacher_command, distill_command, make_photo_tree_command):
+    cli.add_command(command)
+
+
+def main(argv=None) -> None:
+    """Entry point: runs the click group, turning ConfigError into a one-line error (exit 2)."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted; a run can be continued with --resume", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except ConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted; continue the run with --resume", err=True)
+        sys.exit(130)

@@ -1,0 +1,110 @@
+"""Command-line options shared by the training commands, and their translation into job options."""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import click
+
+import pipelines
+from pipelines.spec import AUTOAUGMENT_POLICIES, POLICIES
+
+from ..data import DataOptions, dataset_facts
+from ..defaults import STEP_MILESTONES, defaults_for
+from ..job import JobOptions
+from ..models import is_known
+from ..optim import SCHEDULES, OptimConfig
+from ..errors import RkdError
+
+
+def _stack(decorators: list) -> Callable:
+    def apply(function):
+        return functools.reduce(lambda f, d: d(f), reversed(decorators), function)
+    return apply
+
+
+data_options = _stack([
+    click.option("--data", default="fashion-mnist", show_default=True,
+                 help="Dataset: 'fashion-mnist', a Fashion-MNIST/MNIST IDX folder, a CIFAR-10/100 pickle folder, "
+                      "an ImageNet-style folder (train/, val/), or a .beton file (ffcv)."),
+    click.option("--loader", "loader_backend", default="torch", show_default=True,
+                 type=click.Choice(pipelines.BACKENDS), help="Data loader backend."),
+    click.option("--policy", default=None, type=click.Choice(POLICIES),
+                 help="Augmentation policy applied per image on the device [distill: randaugment, "
+                      "train-teacher: none]."),
+    click.option("--magnitude", default=9, show_default=True, type=int,
+                 help="Augmentation magnitude: a bin in 0..num-magnitude-bins-1 (torchvision's meaning)."),
+    click.option("--num-ops", default=2, show_default=True, type=int, help="RandAugment ops per image."),
+    click.option("--num-magnitude-bins", default=31, show_default=True, type=int),
+    click.option("--magnitude-std", default=0.0, show_default=True, type=float,
+                 help="Per-image magnitude noise (timm's mstd)."),
+    click.option("--autoaugment-policy", default="imagenet", show_default=True,
+                 type=click.Choice(AUTOAUGMENT_POLICIES)),
+    click.option("--cutout", default=0, show_default=True, type=int, help="Cutout hole side in pixels (0: off)."),
+    click.option("--batch-size", type=int, default=None, help="Per-process batch size [dataset default]."),
+    click.option("--image-size", type=int, default=None, help="Training resolution [native; 224 for JPEG trees]."),
+    click.option("--workers", type=int, default=None, help="Data loader worker processes [auto]."),
+])
+
+run_options = _stack([
+    click.option("--arch", default=None, help="Model: a CIFAR ResNet (resnet8, resnet20, ...) or a timm name "
+                                              "[dataset default]."),
+    click.option("--epochs", type=int, default=None, help="Epochs [dataset default]."),
+    click.option("--lr", type=float, default=None, help="Peak learning rate [dataset default]."),
+    click.option("--weight-decay", type=float, default=None),
+    click.option("--warmup-epochs", type=float, default=None),
+    click.option("--schedule", type=click.Choice(SCHEDULES), default=None),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+    click.option("--no-amp", is_flag=True, help="Disable bf16 autocast on CUDA."),
+    click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False)),
+    click.option("--name", default=None, help="Run directory name [derived from the options]."),
+    click.option("--resume", is_flag=True, help="Continue the run in an existing run directory."),
+    click.option("--no-progress", is_flag=True, help="No progress bars."),
+])
+
+
+def _pop_or(kw: dict, key: str, default):
+    """The flag's value, or `default` when the flag was not given."""
+    value = kw.pop(key)
+    return default if value is None else value
+
+
+def build_data_options(kw: dict, dataset_defaults: dict, default_policy: str) -> DataOptions:
+    """DataOptions from the shared data flags (consumes them from `kw`)."""
+    augment = pipelines.AugmentSpec(policy=_pop_or(kw, "policy", default_policy), magnitude=kw.pop("magnitude"),
+                                    num_ops=kw.pop("num_ops"), num_magnitude_bins=kw.pop("num_magnitude_bins"),
+                                    magnitude_std=kw.pop("magnitude_std"),
+                                    autoaugment_policy=kw.pop("autoaugment_policy"), cutout=kw.pop("cutout"))
+    return DataOptions(data=kw.pop("data"), loader=kw.pop("loader_backend"),
+                       batch_size=_pop_or(kw, "batch_size", dataset_defaults["batch_size"]),
+                       image_size=kw.pop("image_size"), augment=augment, workers=kw.pop("workers"))
+
+
+def check_arch(name: str, flag: str = "--arch") -> str:
+    if not is_known(name):
+        raise RkdError(f"unknown {flag} {name!r}: use a CIFAR ResNet (resnet8, resnet20, resnet8x4 ...) "
+                       "or a timm model name")
+    return name
+
+
+def build_job_options(kw: dict, default_policy: str, default_arch_key: str = "arch",
+                      default_epochs_key: str = "epochs", extra: Optional[dict] = None) -> tuple:
+    """(JobOptions, dataset defaults) from the shared flags; consumes them from `kw`."""
+    probe = DataOptions(data=kw["data"])
+    defaults = defaults_for(dataset_facts(probe).kind)
+    data = build_data_options(kw, defaults, default_policy)
+    kind = dataset_facts(data).kind
+    optim = OptimConfig(epochs=_pop_or(kw, "epochs", defaults[default_epochs_key]),
+                        lr=_pop_or(kw, "lr", defaults["lr"]),
+                        weight_decay=_pop_or(kw, "weight_decay", defaults["weight_decay"]),
+                        warmup_epochs=_pop_or(kw, "warmup_epochs", defaults["warmup_epochs"]),
+                        schedule=_pop_or(kw, "schedule", defaults["schedule"]),
+                        milestones=STEP_MILESTONES.get(kind, (0.5, 0.75)))
+    if optim.epochs < 1:
+        raise RkdError(f"--epochs must be at least 1, got {optim.epochs}")
+    job = JobOptions(data=data, arch=check_arch(_pop_or(kw, "arch", defaults[default_arch_key])), optim=optim,
+                     seed=kw.pop("seed"), device=kw.pop("device"), runs_dir=kw.pop("runs_dir"), name=kw.pop("name"),
+                     resume=kw.pop("resume"), amp=not kw.pop("no_amp"), progress=not kw.pop("no_progress"),
+                     extra=extra or {})
+    return job, defaults

@@ -1,0 +1,33 @@
+"""Ensemble knowledge-distillation losses (Hinton et al. 2015; the paper's ensemble form)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KD_MODES = ("per-teacher", "mean-probs")
+
+
+def kd_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(z_t/T) ‖ softmax(z_s/T)) averaged over the batch, for teacher logits (..., B, C)."""
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean(-1)
+
+
+def ensemble_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+                     alpha: float = 0.6, temperature: float = 3.0, mode: str = "per-teacher") -> torch.Tensor:
+    """α·CE(z_s, y) + (1−α)·T²·KL(teacher ‖ student), with teacher logits (T, B, C).
+
+    mode "per-teacher" (the paper): the mean over teachers of the per-teacher loss, i.e. the KL term is averaged
+    over teachers. mode "mean-probs": one KL against the teachers' averaged probabilities.
+    """
+    if mode not in KD_MODES:
+        raise ValueError(f"unknown KD mode {mode!r}: choose one of {', '.join(KD_MODES)}")
+    ce = F.cross_entropy(student_logits.float(), labels)
+    if mode == "per-teacher":
+        kl = kd_divergence(teacher_logits, student_logits.unsqueeze(0), temperature).mean()
+    else:
+        mean_probs = F.softmax(teacher_logits.float() / temperature, dim=-1).mean(0)
+        log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+        kl = (mean_probs * (mean_probs.clamp_min(1e-12).log() - log_p_student)).sum(-1).mean()
+    return alpha * ce + (1.0 - alpha) * temperature ** 2 * kl

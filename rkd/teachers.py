@@ -1,0 +1,89 @@
+"""Teacher training (`rkd train-teacher`) and the default teacher ensemble, trained on first use and cached."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch.nn.functional as F
+
+import pipelines
+
+from .checkpoint import load_checkpoint
+from .data import DataOptions, dataset_facts, eval_loaders, train_loader
+from .distributed import barrier
+from .evaluate import accuracy, predict_logits
+from .job import JobContext, JobOptions, augment_tag, start_job, unwrap, wrap_for_training
+from .optim import OptimConfig
+from .trainer import ModelInfo, Trainer
+
+
+def teacher_run_name(options: JobOptions, kind: str) -> str:
+    data = options.data
+    return f"teacher-{kind}-{options.arch}-{augment_tag(data.augment)}-s{options.seed}"
+
+
+def cross_entropy_step(model, images, labels):
+    return F.cross_entropy(model(images), labels)
+
+
+def classifier_evaluation(context: JobContext):
+    """Per-epoch test and train-subset accuracy (main rank only)."""
+    test_loader, train_eval = eval_loaders(context.options.data, context.facts, context.device)
+
+    def evaluate(model, epoch: int) -> dict:
+        if not context.dist.is_main:
+            return {}
+        test_acc = accuracy(*predict_logits(unwrap(model), test_loader, context.device, context.options.amp))
+        train_acc = accuracy(*predict_logits(unwrap(model), train_eval, context.device, context.options.amp))
+        return {"test_acc": test_acc, "train_acc": train_acc, "gap": train_acc - test_acc}
+
+    return evaluate
+
+
+def train_teacher(options: JobOptions) -> JobContext:
+    """Train one classifier with cross-entropy; its run directory holds checkpoints/best.pt and last.pt."""
+    kind = dataset_facts(options.data).kind
+    context = start_job(options, teacher_run_name(options, kind))
+    model = context.new_model()
+    trainer = Trainer(wrap_for_training(model, context),
+                      train_loader(options.data, context.facts, context.device, options.seed, context.dist),
+                      cross_entropy_step, classifier_evaluation(context), options.optim,
+                      ModelInfo(options.arch, context.facts.num_classes, context.facts.image_size,
+                                context.facts.in_chans), context.device, context.run, amp=options.amp,
+                      progress=options.progress, description=f"teacher {options.arch} s{options.seed}")
+    if options.resume:
+        trainer.resume()
+    trainer.fit()
+    barrier(context.dist)
+    return context
+
+
+def default_teachers(data: DataOptions, *, arch: str, epochs: int, count: int, optim: OptimConfig, device: str,
+                     runs_dir: str, progress: bool) -> list:
+    """Checkpoints of the default ensemble: `count` teachers with seeds 0..count-1, un-augmented (crop + flip).
+
+    Each is trained on first use into ``<runs_dir>/teachers/`` and reused afterwards; an interrupted teacher
+    resumes where it stopped.
+    """
+    teacher_data = replace(data, augment=pipelines.AugmentSpec())
+    kind = dataset_facts(data).kind
+    paths = []
+    for seed in range(count):
+        options = JobOptions(data=teacher_data, arch=arch, optim=replace(optim, epochs=epochs), seed=seed,
+                             device=device, runs_dir=str(Path(runs_dir) / "teachers"), resume=True,
+                             progress=progress)
+        options = replace(options, name=teacher_run_name(options, kind))
+        last = Path(options.runs_dir) / options.name / "checkpoints" / "last.pt"
+        finished = last.exists() and _completed_epochs(last) >= epochs
+        if finished:
+            print(f"using cached default teacher {seed + 1}/{count}: {last.parent.parent}", flush=True)
+        else:
+            print(f"training default teacher {seed + 1}/{count} ({arch}, {epochs} epochs; first use, cached in "
+                  f"{last.parent.parent})", flush=True)
+            train_teacher(options)
+        paths.append(last.parent / "best.pt")
+    return paths
+
+
+def _completed_epochs(checkpoint: Path) -> int:
+    return int(load_checkpoint(checkpoint, "teacher cache").get("epoch", 0))
