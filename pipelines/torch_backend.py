@@ -56,6 +56,10 @@ def random_pad_crop_flip(images: torch.Tensor, padding: int, generator: torch.Ge
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+class _DecodeFailure(str):
+    """A worker's decode error, returned as a value so that the main process raises it as one line."""
+
+
 class _BatchDataset(Dataset):
     """Maps (epoch, batch index, sample indices) to a uint8 (B, C, S, S) batch and its labels."""
 
@@ -81,7 +85,10 @@ class _BatchDataset(Dataset):
             if isinstance(self.source, ArraySource):
                 images = self._array_batch(indices)
             else:
-                images = torch.stack([self.file_transform(self._decode(int(i))) for i in indices])
+                try:
+                    images = torch.stack([self.file_transform(self._decode(int(i))) for i in indices])
+                except ConfigError as err:
+                    return _DecodeFailure(err), None
         return images, self.source.labels[indices]
 
     def _array_batch(self, indices: torch.Tensor) -> torch.Tensor:
@@ -146,4 +153,6 @@ class TorchLoader:
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             prefetch_factor=4 if self.num_workers else None)
         for batch_index, (images, labels) in enumerate(loader):
+            if isinstance(images, _DecodeFailure):
+                raise ConfigError(str(images))
             yield self.stage(images, labels, self.epoch, batch_index)

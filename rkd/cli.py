@@ -22,14 +22,17 @@ for command in (train_teacher_command, distill_command, make_photo_tree_command)
 
 
 def main(argv=None) -> None:
-    """Entry point: runs the click group, turning ConfigError into a one-line error (exit 2)."""
+    """Entry point: runs the click group; usage errors and ConfigError become one line on stderr (exit 2)."""
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted; a run can be continued with --resume", err=True)
         sys.exit(130)
     except click.ClickException as err:
-        err.show()
+        hint = ""
+        if isinstance(err, click.UsageError) and err.ctx is not None:
+            hint = f" (see {err.ctx.command_path} --help)"
+        click.echo(f"error: {err.format_message()}{hint}", err=True)
         sys.exit(err.exit_code)
     except ConfigError as err:
         click.echo(f"error: {err}", err=True)

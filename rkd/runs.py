@@ -31,6 +31,7 @@ class RunDir:
 
     def open(self, config: dict, resume: bool) -> None:
         """Create the run, or check that a resumed run has the same configuration."""
+        config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
         if self.config_file.exists():
             if not resume:
                 raise RkdError(f"run directory {self.path} exists: pass --resume to continue it, or choose another --name")

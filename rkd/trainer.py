@@ -59,15 +59,17 @@ class Trainer:
         print(f"resuming {self.run.path} after epoch {self.start_epoch}/{self.optim.epochs}", flush=True)
 
     def _checkpoint(self, epoch: int, record: dict) -> None:
+        """best.pt (if this epoch is the best) then last.pt: a kill between them only redoes this epoch."""
+        is_best = record.get(self.best_key, float("-inf")) >= self.best
+        if is_best:
+            self.best = record[self.best_key]
         payload = {**model_record(self.model, self.info.arch, self.info.num_classes, self.info.image_size,
                                   self.info.in_chans),
                    **self.info.extra, "optimizer": self.optimizer.state_dict(), "epoch": epoch,
                    "best": self.best, "rng_cpu": torch.get_rng_state(), "metrics": record}
-        save_checkpoint(self.run.last, payload)
-        if record.get(self.best_key, float("-inf")) >= self.best:
-            self.best = record[self.best_key]
-            payload["best"] = self.best
+        if is_best:
             save_checkpoint(self.run.best, payload)
+        save_checkpoint(self.run.last, payload)
 
     def _train_epoch(self, epoch: int) -> dict:
         self.model.train()

@@ -1,0 +1,4 @@
+"""`python -m rkd` is the `rkd` command."""
+from .cli import main
+
+main()
