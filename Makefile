@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	$(RKD) distill
+	$(RKD) distill --resume
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -45,3 +45,9 @@ def init_distributed(device_name: str) -> tuple:
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
+
+
+def log(message: str) -> None:
+    """Print on the main process only (torchrun sets RANK; a single process is rank 0)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, flush=True)

@@ -10,7 +10,7 @@ import pipelines
 
 from .checkpoint import load_checkpoint
 from .data import DataOptions, dataset_facts, eval_loaders, train_loader
-from .distributed import barrier
+from .distributed import barrier, log
 from .evaluate import accuracy, predict_logits
 from .job import JobContext, JobOptions, augment_tag, start_job, unwrap, wrap_for_training
 from .optim import OptimConfig
@@ -76,10 +76,10 @@ def default_teachers(data: DataOptions, *, arch: str, epochs: int, count: int, o
         last = Path(options.runs_dir) / options.name / "checkpoints" / "last.pt"
         finished = last.exists() and _completed_epochs(last) >= epochs
         if finished:
-            print(f"using cached default teacher {seed + 1}/{count}: {last.parent.parent}", flush=True)
+            log(f"using cached default teacher {seed + 1}/{count}: {last.parent.parent}")
         else:
-            print(f"training default teacher {seed + 1}/{count} ({arch}, {epochs} epochs; first use, cached in "
-                  f"{last.parent.parent})", flush=True)
+            log(f"training default teacher {seed + 1}/{count} ({arch}, {epochs} epochs; first use, cached in "
+                f"{last.parent.parent})")
             train_teacher(options)
         paths.append(last.parent / "best.pt")
     return paths

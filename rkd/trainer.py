@@ -71,7 +71,8 @@ class Trainer:
             save_checkpoint(self.run.best, payload)
         save_checkpoint(self.run.last, payload)
 
-    def _train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the loader; returns loss, images/s, the share of time spent waiting for data, lr."""
         self.model.train()
         self.loader.set_epoch(epoch)
         bar = tqdm(total=self.steps_per_epoch, desc=f"{self.description} {epoch + 1}/{self.optim.epochs}",
@@ -99,7 +100,7 @@ class Trainer:
     def fit(self) -> list:
         """Run the remaining epochs; returns the epoch records of the whole run (resumed ones included)."""
         for epoch in range(self.start_epoch, self.optim.epochs):
-            record = {"kind": "epoch", "epoch": epoch, **self._train_epoch(epoch)}
+            record = {"kind": "epoch", "epoch": epoch, **self.train_epoch(epoch)}
             record.update(self.evaluate(self.model, epoch))
             if self.run is not None:
                 self.run.append_metrics(record)
