@@ -126,7 +126,6 @@ class TorchLoader:
             raise ConfigError("--image-size is required for a JPEG tree (e.g. 224)")
         self.device = torch.device(device)
         self.epoch = 0
-        augment = augment if self.train else AugmentSpec()
         worker_policy = None if augment_device else torchvision_policy(augment)
         self.dataset = _BatchDataset(source, self.train, self.image_size, worker_policy, seed, rank)
         if num_workers is None:

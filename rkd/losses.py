@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-KD_MODES = ("per-teacher", "mean-probs")
+KD_MODES = ("per-teacher", "mean-probs", "logit-mse")
 
 
 def kd_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -19,11 +19,15 @@ def ensemble_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """α·CE(z_s, y) + (1−α)·T²·KL(teacher ‖ student), with teacher logits (T, B, C).
 
     mode "per-teacher" (the paper): the mean over teachers of the per-teacher loss, i.e. the KL term is averaged
-    over teachers. mode "mean-probs": one KL against the teachers' averaged probabilities.
+    over teachers. mode "mean-probs": one KL against the teachers' averaged probabilities. mode "logit-mse":
+    α·CE + (1−α)·mean over teachers of the mean squared logit difference (direct logit matching; no temperature).
     """
     if mode not in KD_MODES:
         raise ValueError(f"unknown KD mode {mode!r}: choose one of {', '.join(KD_MODES)}")
     ce = F.cross_entropy(student_logits.float(), labels)
+    if mode == "logit-mse":
+        mse = (student_logits.float().unsqueeze(0) - teacher_logits.float()).pow(2).mean()
+        return alpha * ce + (1.0 - alpha) * mse
     if mode == "per-teacher":
         kl = kd_divergence(teacher_logits, student_logits.unsqueeze(0), temperature).mean()
     else:

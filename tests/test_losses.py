@@ -56,6 +56,16 @@ def test_modes_agree_for_a_single_teacher_and_differ_for_several():
         ensemble_kd_loss(student, several, labels, mode="mean-probs").item(), rel=1e-3)
 
 
+def test_logit_mse_mode():
+    student = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    teachers = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[3.0, 2.0], [2.0, -1.0]]])
+    labels = torch.tensor([1, 0])
+    ce = torch.nn.functional.cross_entropy(student, labels).item()
+    # squared differences: teacher 0 -> 0, 4, 0, 4; teacher 1 -> 4, 0, 4, 0: mean 2
+    loss = ensemble_kd_loss(student, teachers, labels, alpha=0.25, mode="logit-mse").item()
+    assert loss == pytest.approx(0.25 * ce + 0.75 * 2.0)
+
+
 def test_gradient_flows_to_student_only():
     student = torch.randn(4, 3, requires_grad=True)
     teachers = torch.randn(2, 4, 3)
