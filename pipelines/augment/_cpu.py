@@ -1,0 +1,182 @@
+"""CPU fast paths of `functional` (Numba, parallel over images or rows): one pass over the pixels per op.
+
+The torch kernels in `functional` run on any device; on a CPU a batch of large images makes each of their
+passes (float copies, 64-bit gather indices) leave the cache, so these kernels do the same arithmetic per pixel:
+
+* `apply_lut`, `histograms`: integer work only; `gray_sums`: torchvision's float32 luma, floored, summed exactly.
+* `warp_nearest`: computes torchvision's float32 sampling grid per pixel, operation for operation as the float32
+  GEMM that builds it (x·t0, fused multiply-add of y·t1, + t2; bit-identical to the torch grid on the machines
+  we checked), and rounds it as ATen's CPU ``grid_sample`` does (``(g + 1) · size/2 − 0.5``, half to even).
+* `saturate`, `sharpen`: torchvision's float32 operations; each fused multiply-add is evaluated in float64, where
+  its product and sum are exact for these operands (8-bit integers times float32 factors), then rounded once
+  to float32 — the value a hardware FMA gives.
+
+Every kernel processes the images `indices` of a batch (parameters given per selected image) and writes them
+into the same images of `out`, so a policy runs each op on its images without gathering them.
+The tests compare both paths with torchvision.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+@njit(parallel=True, cache=True)
+def _apply_lut(images, indices, luts, out):
+    channels = images.shape[1]
+    for task in prange(indices.shape[0] * channels):
+        k, c = task // channels, task % channels
+        lut, src, dst = luts[k, c], images[indices[k], c], out[indices[k], c]
+        for i in range(src.shape[0]):
+            dst[i] = lut[src[i]]
+
+
+@njit(parallel=True, cache=True)
+def _histograms(images, indices, out):
+    channels = images.shape[1]
+    for task in prange(indices.shape[0] * channels):
+        k, c = task // channels, task % channels
+        src, hist = images[indices[k], c], out[k, c]
+        for i in range(src.shape[0]):
+            hist[src[i]] += 1
+
+
+@njit(parallel=True, cache=True)
+def _warp_nearest(images, indices, thetas, base_x, base_y, outside, out):
+    _, channels, height, width = images.shape
+    one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
+    scale_x, scale_y = np.float32(width / 2), np.float32(height / 2)
+    float_w, float_h = np.float32(width), np.float32(height)
+    for task in prange(indices.shape[0] * height):
+        k, y = task // height, task % height
+        i, t = indices[k], thetas[k]
+        # torchvision's grid is the float32 GEMM [x, y, 1] @ t: x·t0, fused multiply-add of y·t1, then + t2
+        row_x = np.float64(base_y[y]) * np.float64(t[1, 0])
+        row_y = np.float64(base_y[y]) * np.float64(t[1, 1])
+        source = np.empty(width, np.int32)
+        for x in range(width):
+            grid_x = np.float32(row_x + np.float64(base_x[x] * t[0, 0])) + t[2, 0]
+            grid_y = np.float32(row_y + np.float64(base_x[x] * t[0, 1])) + t[2, 1]
+            # grid_sample's nearest source pixel (align_corners=False), rounded half to even
+            sx = np.rint((grid_x + one) * scale_x - half)
+            sy = np.rint((grid_y + one) * scale_y - half)
+            inside = (sx >= zero) & (sx < float_w) & (sy >= zero) & (sy < float_h)
+            source[x] = np.int32(sy * float_w + sx) if inside else np.int32(-1)
+        for c in range(channels):
+            plane, target, fill = images[i, c].reshape(height * width), out[i, c, y], outside[c]
+            for x in range(width):
+                s = source[x]
+                target[x] = plane[s] if s >= 0 else fill
+
+
+@njit(inline="always")
+def _fma32(a, b, c):
+    """float32(a·b + c), rounded once (exact in float64 for the operands used here)."""
+    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+
+@njit(inline="always")
+def _to_uint8(value):
+    return np.uint8(min(max(value, np.float32(0.0)), np.float32(255.0)))
+
+
+@njit(parallel=True, cache=True)
+def _saturate(images, indices, ratios, alphas, out):
+    height, width = images.shape[2], images.shape[3]
+    w0, w1, w2 = np.float32(0.2989), np.float32(0.587), np.float32(0.114)  # torchvision's luma weights
+    for task in prange(indices.shape[0] * height):
+        k, y = task // height, task % height
+        i, ratio, alpha = indices[k], ratios[k], alphas[k]
+        for x in range(width):
+            r, g, b = np.float32(images[i, 0, y, x]), np.float32(images[i, 1, y, x]), np.float32(images[i, 2, y, x])
+            gray = np.floor(_fma32(b, w2, _fma32(g, w1, r * w0)))
+            out[i, 0, y, x] = _to_uint8(_fma32(gray, alpha, r * ratio))
+            out[i, 1, y, x] = _to_uint8(_fma32(gray, alpha, g * ratio))
+            out[i, 2, y, x] = _to_uint8(_fma32(gray, alpha, b * ratio))
+
+
+@njit(parallel=True, cache=True)
+def _gray_sums(images, indices, out):
+    channels, height, width = images.shape[1], images.shape[2], images.shape[3]
+    w0, w1, w2 = np.float32(0.2989), np.float32(0.587), np.float32(0.114)
+    for k in prange(indices.shape[0]):
+        i, total = indices[k], np.int64(0)
+        for y in range(height):
+            for x in range(width):
+                if channels == 1:
+                    total += np.int64(images[i, 0, y, x])
+                else:
+                    r, g = np.float32(images[i, 0, y, x]), np.float32(images[i, 1, y, x])
+                    gray = _fma32(np.float32(images[i, 2, y, x]), w2, _fma32(g, w1, r * w0))
+                    total += np.int64(np.floor(gray))
+        out[k] = total
+
+
+@njit(parallel=True, cache=True)
+def _sharpen(images, indices, alphas, out):
+    _, channels, height, width = images.shape
+    for task in prange(indices.shape[0] * channels):
+        k, c = task // channels, task % channels
+        src, dst, alpha = images[indices[k], c], out[indices[k], c], alphas[k]
+        dst[0, :] = src[0, :]
+        dst[height - 1, :] = src[height - 1, :]
+        for y in range(1, height - 1):
+            dst[y, 0] = src[y, 0]
+            dst[y, width - 1] = src[y, width - 1]
+            for x in range(1, width - 1):
+                centre = np.int32(src[y, x])
+                total = np.int32(4) * centre
+                for dy in range(-1, 2):
+                    for dx in range(-1, 2):
+                        total += np.int32(src[y + dy, x + dx])
+                smoothed = (2 * total + 13) // 26  # round(total / 13); no ties with 13 in the denominator
+                dst[y, x] = _to_uint8(_fma32(np.float32(smoothed - centre), alpha, np.float32(centre)))
+
+
+def _run(kernel, *args) -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    kernel(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def _planes(images: torch.Tensor) -> torch.Tensor:
+    return images.view(images.shape[0], images.shape[1], -1)
+
+
+def apply_lut(images: torch.Tensor, luts: torch.Tensor, indices: torch.Tensor, out: torch.Tensor) -> None:
+    """out[indices] = luts[k][images[indices[k]]] per channel; `luts` uint8 (S, C, 256)."""
+    _run(_apply_lut, _planes(images), indices, luts.contiguous(), _planes(out))
+
+
+def histograms(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """int64 (S, C, 256) counts of each value in each channel of images[indices]."""
+    counts = torch.zeros(indices.shape[0], images.shape[1], 256, dtype=torch.int64)
+    _run(_histograms, _planes(images), indices, counts)
+    return counts
+
+
+def gray_sums(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """int64 (S,): sum over each selected image of its floored luma (RGB) or of its pixels (one channel)."""
+    sums = torch.empty(indices.shape[0], dtype=torch.int64)
+    _run(_gray_sums, images, indices, sums)
+    return sums
+
+
+def warp_nearest(images: torch.Tensor, indices: torch.Tensor, thetas: torch.Tensor, base_x: torch.Tensor,
+                 base_y: torch.Tensor, outside: torch.Tensor, out: torch.Tensor) -> None:
+    """Nearest-neighbour resampling along the grid ``[base_x, base_y, 1] @ thetas[k]`` (float32 (S, 3, 2)
+    rescaled matrices, float32 pixel-centre coordinates); pixels from outside the image get `outside` (C,)."""
+    if images.shape[-2] * images.shape[-1] >= 2 ** 24:
+        raise ValueError("warp_nearest indexes pixels in float32: images must have fewer than 2**24 pixels")
+    _run(_warp_nearest, images, indices, thetas.contiguous(), base_x, base_y, outside.contiguous(), out)
+
+
+def saturate(images: torch.Tensor, indices: torch.Tensor, ratios: torch.Tensor, alphas: torch.Tensor,
+             out: torch.Tensor) -> None:
+    """RGB images blended with their floored grayscale: ratio·x + alpha·gray (float32 ratios and alphas)."""
+    _run(_saturate, images, indices, ratios, alphas, out)
+
+
+def sharpen(images: torch.Tensor, indices: torch.Tensor, alphas: torch.Tensor, out: torch.Tensor) -> None:
+    """Interior pixels blended with their 3×3 smoothed value: x + alpha·(smoothed − x); borders copied."""
+    _run(_sharpen, images, indices, alphas, out)

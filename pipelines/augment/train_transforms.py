@@ -1,0 +1,156 @@
+"""The plain train transforms in batched, per-image form: random-resized-crop, horizontal flip, erasing / Cutout.
+
+Box samplers return int64 (N, 4) boxes ``(top, left, height, width)`` drawn with the given generator, by the same
+rules as torchvision's ``RandomResizedCrop.get_params`` and ``RandomErasing.get_params`` (all attempts are drawn
+at once and the first valid one is kept). Kernels take the boxes, so the random part can be tested alone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as nnf
+
+from . import functional as F
+
+__all__ = ["random_resized_crop_boxes", "resized_crop", "horizontal_flip", "random_horizontal_flip", "erase",
+           "cutout_boxes", "cutout", "random_erasing_boxes", "random_erasing"]
+
+Box = Tuple[float, float]
+
+
+def _uniform(shape: tuple, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.float64, device=generator.device).uniform_(low, high, generator=generator)
+
+
+def _random_offsets(limits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A uniform integer in 0..limit for every element of `limits` (int64, ≥ 0)."""
+    draws = torch.rand(limits.shape, dtype=torch.float64, device=limits.device, generator=generator)
+    return (draws * (limits + 1)).long().clamp_(max=limits)
+
+
+def _first_valid(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row: whether any attempt is valid, and the index of the first valid one (0 when none)."""
+    return valid.any(dim=1), valid.int().argmax(dim=1)
+
+
+def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
+                              scale: Box = (0.08, 1.0), ratio: Box = (3.0 / 4.0, 4.0 / 3.0),
+                              attempts: int = 10) -> torch.Tensor:
+    """Crop boxes of RandomResizedCrop: area fraction ~ U(scale), log aspect ratio ~ U(log ratio), up to
+    `attempts` tries per image, else the central crop with the aspect ratio clamped to `ratio`."""
+    area = height * width
+    targets = area * _uniform((n, attempts), scale[0], scale[1], generator)
+    aspects = torch.exp(_uniform((n, attempts), math.log(ratio[0]), math.log(ratio[1]), generator))
+    widths = torch.sqrt(targets * aspects).round().long()
+    heights = torch.sqrt(targets / aspects).round().long()
+    found, first = _first_valid((widths > 0) & (widths <= width) & (heights > 0) & (heights <= height))
+    box_w = widths.gather(1, first[:, None]).squeeze(1)
+    box_h = heights.gather(1, first[:, None]).squeeze(1)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fallback_w, fallback_h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fallback_w, fallback_h = int(round(height * max(ratio))), height
+    else:
+        fallback_w, fallback_h = width, height
+    box_w = torch.where(found, box_w, fallback_w)
+    box_h = torch.where(found, box_h, fallback_h)
+    top = torch.where(found, _random_offsets(height - box_h, generator), (height - box_h) // 2)
+    left = torch.where(found, _random_offsets(width - box_w, generator), (width - box_w) // 2)
+    return torch.stack([top, left, box_h, box_w], dim=1)
+
+
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Crop each image to its box and resize it to `size` (h, w) with bilinear interpolation, in one batched
+    ``grid_sample``: the sample positions of ``F.resized_crop(..., antialias=False)`` (half-pixel centres, edges
+    clamped inside the box). No antialiasing: strong downscaling aliases where torchvision's default would blur."""
+    F.check_images(images)
+    n, _, height, width = images.shape
+    out_h, out_w = size
+    boxes = boxes.to(device=images.device, dtype=torch.float64)
+    top, left, box_h, box_w = boxes.unbind(1)
+
+    def axis(start, length, out, full):  # normalized grid coordinates (n, out) along one axis
+        centres = torch.arange(out, dtype=torch.float64, device=images.device) + 0.5
+        source = (centres * (length[:, None] / out) - 0.5).clamp(min=0)
+        source = torch.minimum(source, (length - 1)[:, None]) + start[:, None]
+        return ((2 * source + 1) / full - 1).float()
+
+    ys, xs = axis(top, box_h, out_h, height), axis(left, box_w, out_w, width)
+    grid = torch.stack([xs[:, None, :].expand(n, out_h, out_w), ys[:, :, None].expand(n, out_h, out_w)], dim=-1)
+    pixels = nnf.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return pixels.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def horizontal_flip(images: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Mirror the images whose flag is True."""
+    flags = flags.to(device=images.device, dtype=torch.bool).view(-1, 1, 1, 1)
+    return torch.where(flags, images.flip(-1), images)
+
+
+def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Mirror each image with probability `p`."""
+    return horizontal_flip(images, torch.rand(images.shape[0], generator=generator, device=generator.device) < p)
+
+
+def erase(images: torch.Tensor, boxes: torch.Tensor, value: F.Fill = 0) -> torch.Tensor:
+    """Set each image's box (top, left, height, width; empty boxes allowed) to `value` (one or one per channel)."""
+    n, channels, height, width = images.shape
+    boxes = boxes.to(images.device)
+    top, left, box_h, box_w = (b[:, None] for b in boxes.unbind(1))
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device)
+    inside = (((rows >= top) & (rows < top + box_h))[:, :, None]
+              & ((cols >= left) & (cols < left + box_w))[:, None, :]).unsqueeze(1)
+    fill = torch.as_tensor(value, dtype=torch.uint8, device=images.device).reshape(1, -1, 1, 1)
+    if fill.shape[1] not in (1, channels):
+        raise ValueError(f"erase value has {fill.shape[1]} values for {channels}-channel images")
+    return torch.where(inside, fill, images)
+
+
+def cutout_boxes(n: int, height: int, width: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): a size × size square centred on a uniformly drawn pixel, clipped to the
+    image (rows centre − size//2 .. centre − size//2 + size − 1; for odd sizes the original code's hole is one
+    pixel smaller)."""
+    centre_y = torch.randint(height, (n,), generator=generator, device=generator.device)
+    centre_x = torch.randint(width, (n,), generator=generator, device=generator.device)
+    top, left = centre_y - size // 2, centre_x - size // 2
+    bottom, right = (top + size).clamp(max=height), (left + size).clamp(max=width)
+    top, left = top.clamp(min=0), left.clamp(min=0)
+    return torch.stack([top, left, bottom - top, right - left], dim=1)
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator, value: F.Fill = 0) -> torch.Tensor:
+    """Cutout with a `size`-pixel square hole per image, filled with `value` (0: black, on uint8 pixels; the
+    original applied it after normalization, i.e. filled with the dataset mean)."""
+    n, _, height, width = images.shape
+    return erase(images, cutout_boxes(n, height, width, size, generator), value)
+
+
+def random_erasing_boxes(n: int, height: int, width: int, generator: torch.Generator, p: float = 0.5,
+                         scale: Box = (0.02, 0.33), ratio: Box = (0.3, 3.3), attempts: int = 10) -> torch.Tensor:
+    """Boxes of torchvision's RandomErasing: with probability p, area fraction ~ U(scale) and log aspect
+    (height/width) ~ U(log ratio), up to `attempts` tries for a box strictly smaller than the image; an image not
+    erased gets an empty box."""
+    area = height * width
+    targets = area * _uniform((n, attempts), scale[0], scale[1], generator)
+    aspects = torch.exp(_uniform((n, attempts), math.log(ratio[0]), math.log(ratio[1]), generator))
+    heights = torch.sqrt(targets * aspects).round().long()
+    widths = torch.sqrt(targets / aspects).round().long()
+    found, first = _first_valid((heights < height) & (widths < width))
+    applied = torch.rand(n, generator=generator, device=generator.device) < p
+    keep = found & applied
+    box_h = torch.where(keep, heights.gather(1, first[:, None]).squeeze(1), 0)
+    box_w = torch.where(keep, widths.gather(1, first[:, None]).squeeze(1), 0)
+    top = torch.where(keep, _random_offsets(height - box_h, generator), 0)
+    left = torch.where(keep, _random_offsets(width - box_w, generator), 0)
+    return torch.stack([top, left, box_h, box_w], dim=1)
+
+
+def random_erasing(images: torch.Tensor, generator: torch.Generator, p: float = 0.5, scale: Box = (0.02, 0.33),
+                   ratio: Box = (0.3, 3.3), value: F.Fill = 0) -> torch.Tensor:
+    """RandomErasing per image with probability `p`, filling the box with `value`."""
+    n, _, height, width = images.shape
+    return erase(images, random_erasing_boxes(n, height, width, generator, p, scale, ratio), value)
