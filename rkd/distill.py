@@ -26,6 +26,11 @@ class KDOptions:
     temperature: float = 3.0
     mode: str = "per-teacher"
     teacher_bn: str = "eval"
+    compile: bool = False
+    fusion: str = "auto"
+
+
+FUSION_CHOICES = {"auto": None, "fused": True, "loop": False}
 
 
 def distill_run_name(options: JobOptions, kind: str) -> str:
@@ -49,7 +54,8 @@ def distill(options: JobOptions, teacher_paths: Sequence[Path], kd: KDOptions) -
     """Distill a student from the teachers at `teacher_paths`; returns the summary (main rank)."""
     context: JobContext = start_job(options, distill_run_name(options, dataset_facts(options.data).kind))
     ensemble, described = load_ensemble(teacher_paths, context.device, num_classes=context.facts.num_classes,
-                                        in_chans=context.facts.in_chans, bn_mode=kd.teacher_bn)
+                                        in_chans=context.facts.in_chans, bn_mode=kd.teacher_bn,
+                                        fused=FUSION_CHOICES[kd.fusion], compile=kd.compile)
     test_loader, train_eval = eval_loaders(options.data, context.facts, context.device)
     teacher_test, test_labels = (ensemble_logits(ensemble, test_loader, context.device, options.amp)
                                  if context.dist.is_main else (None, None))

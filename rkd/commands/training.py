@@ -40,10 +40,16 @@ def train_teacher_command(**kw) -> None:
               help="Mean over teachers of the KD loss (paper), or KD against the averaged teacher probabilities.")
 @click.option("--teacher-bn", type=click.Choice(TEACHER_BN_MODES), default="eval", show_default=True,
               help="Teachers' BatchNorm mode ('train' reproduces the paper's code).")
+@click.option("--teacher-fusion", type=click.Choice(["auto", "fused", "loop"]), default="auto", show_default=True,
+              help="Teachers of one architecture as one fused forward, or one after the other (BatchNorm folded "
+                   "in both); auto: fused on CUDA, loop on the CPU (faster there, bench/bench_ensemble.py).")
+@click.option("--compile", "compile_teachers", is_flag=True,
+              help="torch.compile the teacher ensemble's forward (slow first step; pays off on long GPU runs).")
 def distill_command(teachers, num_teachers, teacher_arch, teacher_epochs, alpha, temperature, kd_mode, teacher_bn,
-                    **kw) -> None:
+                    teacher_fusion, compile_teachers, **kw) -> None:
     """Distill a student from a teacher ensemble under the chosen augmentation (the main job)."""
-    kd = KDOptions(alpha=alpha, temperature=temperature, mode=kd_mode, teacher_bn=teacher_bn)
+    kd = KDOptions(alpha=alpha, temperature=temperature, mode=kd_mode, teacher_bn=teacher_bn,
+                   compile=compile_teachers, fusion=teacher_fusion)
     job, defaults = build_job_options(kw, default_policy="randaugment", extra={"kd": kd.__dict__})
     if not 0.0 <= alpha <= 1.0:
         raise click.BadParameter(f"must be in [0, 1], got {alpha}", param_hint="--alpha")
