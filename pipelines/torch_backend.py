@@ -40,6 +40,12 @@ def torchvision_policy(spec: AugmentSpec) -> Optional[v2.Transform]:
     return v2.TrivialAugmentWide(num_magnitude_bins=spec.num_magnitude_bins)
 
 
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 NCHW batch to size×size: antialiased bilinear in float, rounded back to uint8."""
+    return F.interpolate(images.float(), size=size, mode="bilinear", antialias=True,
+                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def random_pad_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Per-image random crop of the zero-padded batch back to its size, then per-image random horizontal flip."""
     n, _, h, w = images.shape
@@ -94,8 +100,7 @@ class _BatchDataset(Dataset):
     def _array_batch(self, indices: torch.Tensor) -> torch.Tensor:
         images = self.source.images[indices]
         if images.shape[-1] != self.image_size:
-            images = F.interpolate(images.float(), size=self.image_size, mode="bilinear", antialias=True,
-                                   align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+            images = resize_batch(images, self.image_size)
         if self.train:
             images = random_pad_crop_flip(images, ARRAY_CROP_PADDING, torch.default_generator)
         if self.worker_policy is not None:
