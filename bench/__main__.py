@@ -1,4 +1,5 @@
-"""Run benchmarks by name: ``python -m bench loaders augment`` or ``python -m bench --all``."""
+"""Run benchmarks by name: ``python -m bench loaders augment``, ``python -m bench --all``, or one benchmark with
+its own options: ``python -m bench loaders -- --backends torch ffcv``."""
 from __future__ import annotations
 
 import importlib
@@ -14,16 +15,17 @@ def available() -> list:
 
 
 def main(argv: list) -> int:
-    names = available() if argv[:1] == ["--all"] else argv
-    if not names:
-        print(f"usage: python -m bench NAME... | --all   (available: {', '.join(available())})")
+    names, options = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    names = available() if names == ["--all"] else names
+    if not names or (options and len(names) != 1):
+        print(f"usage: python -m bench NAME... | --all | NAME -- OPTIONS   (available: {', '.join(available())})")
         return 2
     for name in names:
         if name not in available():
             print(f"unknown benchmark {name!r}: choose from {', '.join(available())}")
             return 2
         print(f"== bench {name}", flush=True)
-        importlib.import_module(f"bench.bench_{name}").main([])
+        importlib.import_module(f"bench.bench_{name}").main(options)
     return 0
 
 

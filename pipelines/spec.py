@@ -40,6 +40,8 @@ class AugmentSpec:
             raise ConfigError(f"num_ops must be at least 1, got {self.num_ops}")
         if self.magnitude_std < 0:
             raise ConfigError(f"magnitude_std must be >= 0, got {self.magnitude_std}")
+        if self.magnitude_std > 0 and self.policy != "randaugment":
+            raise ConfigError(f"magnitude_std applies to randaugment only, not {self.policy!r}: set it to 0")
         if self.autoaugment_policy not in AUTOAUGMENT_POLICIES:
             raise ConfigError(f"unknown AutoAugment policy {self.autoaugment_policy!r}: "
                               f"choose one of {', '.join(AUTOAUGMENT_POLICIES)}")
