@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .errors import RkdError
-from .models import create
+from .models import create, unwrap
 
 FORMAT = "rkd-checkpoint-v1"
 
@@ -48,7 +48,7 @@ def load_checkpoint(path: Path, flag: str = "checkpoint") -> dict:
 
 def model_record(model: nn.Module, arch: str, num_classes: int, image_size: int, in_chans: int) -> dict:
     """The part of a checkpoint that rebuilds a model: architecture, shape facts and weights."""
-    state = (model.module if hasattr(model, "module") else model).state_dict()
+    state = unwrap(model).state_dict()
     return {"arch": arch, "num_classes": num_classes, "image_size": image_size, "in_chans": in_chans,
             "model": state}
 

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 import pipelines
+from pipelines.errors import ConfigError
 from pipelines.sources import detect_format, open_source, resolve_path, take
 
 from .distributed import DistInfo
@@ -23,6 +24,7 @@ class DataOptions:
     augment: pipelines.AugmentSpec = pipelines.AugmentSpec()
     workers: Optional[int] = None
     train_eval_size: int = 10000
+    train_images: Optional[int] = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "augment": self.augment.to_dict()}
@@ -38,18 +40,47 @@ class DatasetFacts:
     image_size: int
 
 
+def evaluation_data(options: DataOptions) -> str:
+    """The dataset evaluation reads: `options.data`, or for a .beton file the source it was converted from."""
+    path = resolve_path(options.data)
+    if detect_format(path) != "beton":
+        return options.data
+    if options.loader != "ffcv":
+        raise ConfigError(f"--data: {path} is a .beton file, which only the ffcv loader reads (use --loader ffcv)")
+    from pipelines.beton import read_beton
+
+    original = read_beton(path).source
+    if not original or not resolve_path(original).exists():
+        raise ConfigError(f"--data: {path} does not name an existing source in {path.name}.json, so there is no test "
+                          "split to evaluate on; pass the dataset itself (--loader ffcv converts and caches it)")
+    return original
+
+
 def dataset_facts(options: DataOptions) -> DatasetFacts:
-    """Class count, channels, image size and dataset kind of `options.data` (reads its test split)."""
-    fmt = detect_format(resolve_path(options.data))
-    source = open_source(options.data, "test")
+    """Class count, channels, image size and dataset kind of the data (reads the evaluation test split)."""
+    data = evaluation_data(options)
+    fmt = detect_format(resolve_path(data))
+    source = open_source(data, "test")
     kind = source.name if fmt in ("idx", "cifar10", "cifar100") else "imagefolder"
     image_size = options.image_size or source.native_size or 224
     return DatasetFacts(kind, source.num_classes, source.channels, image_size)
 
 
+def training_source(options: DataOptions):
+    """The training data: the whole train split, or `train_images` of it (a fixed random subset), as a Source."""
+    if options.train_images is None:
+        return options.data
+    source = open_source(options.data, "train")
+    if options.train_images >= len(source):
+        return options.data
+    chosen = torch.randperm(len(source), generator=torch.Generator().manual_seed(1))[:options.train_images]
+    return take(source, chosen.sort().values)
+
+
 def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device, seed: int, dist: DistInfo):
     """The training loader on the requested backend, sharded over ranks, augmented on the device."""
-    return pipelines.build_loader(options.loader, options.data, split="train", batch_size=options.batch_size,
+    return pipelines.build_loader(options.loader, training_source(options), split="train",
+                                  batch_size=options.batch_size,
                                   image_size=facts.image_size, augment=options.augment, device=device, seed=seed,
                                   rank=dist.rank, world_size=dist.world_size, num_workers=options.workers)
 
@@ -58,14 +89,16 @@ def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device
     """(test loader, train-subset loader): un-augmented, unshuffled, on the torch backend, whole sets per rank.
 
     Evaluation is the same whatever the training backend, so backends are compared on equal terms.
-    The train subset (`train_eval_size` samples, fixed) measures train accuracy for the overfitting gap.
+    The train subset (`train_eval_size` samples of the training data, fixed) measures train accuracy for the
+    overfitting gap.
     """
     def loader(source):
         return pipelines.build_loader("torch", source, split="test", batch_size=max(256, options.batch_size),
                                       image_size=facts.image_size, device=device, num_workers=options.workers)
 
-    train = open_source(options.data, "train")
+    data = evaluation_data(options)
+    train = open_source(data if options.train_images is None else training_source(options), "train")
     if len(train) > options.train_eval_size:
         chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:options.train_eval_size]
         train = take(train, chosen.sort().values)
-    return loader(open_source(options.data, "test")), loader(train)
+    return loader(open_source(data, "test")), loader(train)

@@ -6,14 +6,18 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from .attention import AttentionMeter, cams
+from .cam import linear_head_weight
 from .data import dataset_facts, eval_loaders, train_loader
 from .distributed import barrier
 from .ensemble import load_ensemble
-from .evaluate import accuracy, predict_logits, top1_agreement
-from .job import JobContext, JobOptions, augment_tag, start_job, unwrap, wrap_for_training
-from .losses import ensemble_kd_loss
+from .evaluate import autocast_for, predict_logits
+from .fidelity import ensemble_logits, fidelity_summary
+from .job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
+from .kd_step import KDStep
+from .metrics import accuracy, top1_agreement
+from .models import WithFeatures, unwrap
 from .report import write_summary
 from .trainer import ModelInfo, Trainer
 
@@ -28,6 +32,7 @@ class KDOptions:
     teacher_bn: str = "eval"
     compile: bool = False
     fusion: str = "auto"
+    metrics_every: int = 50
 
 
 FUSION_CHOICES = {"auto": None, "fused": True, "loop": False}
@@ -39,60 +44,87 @@ def distill_run_name(options: JobOptions, kind: str) -> str:
 
 
 @torch.no_grad()
-def ensemble_logits(ensemble, loader, device, amp: bool) -> tuple:
-    """(teacher logits (T, N, C) on CPU, labels) over a deterministic loader."""
-    per_teacher = [predict_logits(teacher, loader, device, amp) for teacher in ensemble.teachers]
-    return torch.stack([logits for logits, _ in per_teacher]), per_teacher[0][1]
+def teacher_test_outputs(ensemble, loader, meter: AttentionMeter, weights: list, amp: bool) -> tuple:
+    """The fixed teachers on the test set, once: logits (T, N, C), labels, and their CAMs per batch."""
+    logits, labels, maps = [], [], []
+    for images, targets in loader:
+        with autocast_for(images.device, amp):
+            batch_logits, features = ensemble.forward_with_features(images)
+        maps.append(meter.teacher_maps(features, weights, batch_logits, targets))
+        logits.append(batch_logits.float().cpu())
+        labels.append(targets.cpu())
+    return torch.cat(logits, 1), torch.cat(labels), maps
 
 
-def mean_probability_logits(teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Log of the teachers' averaged probabilities: the ensemble's prediction, as logits."""
-    return F.softmax(teacher_logits, dim=-1).mean(0).log()
+@torch.no_grad()
+def student_test_pass(student, loader, teacher_maps: list, cam_mode: str, image_size: int, amp: bool) -> tuple:
+    """The student's test logits (eval mode) and the attention IoU of its CAMs with the cached teacher CAMs."""
+    meter = AttentionMeter(cam_mode=cam_mode)
+    weight = linear_head_weight(student)
+    was_training = student.training
+    student.eval()
+    logits = []
+    for (images, targets), maps in zip(loader, teacher_maps):
+        with autocast_for(images.device, amp):
+            features = student.forward_features(images)
+            batch_logits = student.forward_head(features)
+        meter.update_maps(maps, cams(features, weight, batch_logits, targets, cam_mode), image_size)
+        logits.append(batch_logits.float().cpu())
+    student.train(was_training)
+    return torch.cat(logits), meter.summary()
 
 
 def distill(options: JobOptions, teacher_paths: Sequence[Path], kd: KDOptions) -> Optional[dict]:
-    """Distill a student from the teachers at `teacher_paths`; returns the summary (main rank)."""
+    """Distill a student from the teachers at `teacher_paths`; returns the summary (main rank).
+
+    Every `kd.metrics_every` steps the KD step also measures attention IoU and fidelity of its batch
+    (metrics.jsonl, kind "step"); each evaluation adds them on the clean test set to the epoch record.
+    """
     context: JobContext = start_job(options, distill_run_name(options, dataset_facts(options.data).kind))
     ensemble, described = load_ensemble(teacher_paths, context.device, num_classes=context.facts.num_classes,
                                         in_chans=context.facts.in_chans, bn_mode=kd.teacher_bn,
                                         fused=FUSION_CHOICES[kd.fusion], compile=kd.compile)
     test_loader, train_eval = eval_loaders(options.data, context.facts, context.device)
-    teacher_test, test_labels = (ensemble_logits(ensemble, test_loader, context.device, options.amp)
-                                 if context.dist.is_main else (None, None))
-
-    def kd_step(student, images, labels):
-        teacher_logits = ensemble(images)
-        return ensemble_kd_loss(student(images), teacher_logits, labels, alpha=kd.alpha,
-                                temperature=kd.temperature, mode=kd.mode)
+    weights = [linear_head_weight(t) for t in ensemble.teachers]
+    if context.dist.is_main:
+        teacher_test, test_labels, teacher_maps = teacher_test_outputs(ensemble, test_loader, AttentionMeter(),
+                                                                       weights, options.amp)
+    loader = train_loader(options.data, context.facts, context.device, options.seed, context.dist)
+    kd_step = KDStep(ensemble, alpha=kd.alpha, temperature=kd.temperature, mode=kd.mode, steps_per_epoch=len(loader),
+                     metrics_every=kd.metrics_every if context.dist.is_main else 0,
+                     record=context.run.append_metrics if context.run is not None else None)
 
     def evaluate(student, epoch: int) -> dict:
         if not context.dist.is_main:
             return {}
-        student_test, _ = predict_logits(unwrap(student), test_loader, context.device, options.amp)
-        train_acc = accuracy(*predict_logits(unwrap(student), train_eval, context.device, options.amp))
-        test_acc = accuracy(student_test, test_labels)
-        record = {"test_acc": test_acc, "train_acc": train_acc, "gap": train_acc - test_acc,
-                  "agreement_ensemble": top1_agreement(student_test, mean_probability_logits(teacher_test))}
-        record.update({f"agreement_teacher{i}": top1_agreement(student_test, logits)
+        model = unwrap(student)
+        student_test, attention = student_test_pass(model, test_loader, teacher_maps, "agnostic",
+                                                    context.facts.image_size, options.amp)
+        train_acc = float(accuracy(*predict_logits(model, train_eval, context.device, options.amp)))
+        fidelity = fidelity_summary(student_test, teacher_test, test_labels)
+        record = {"test_acc": fidelity["student_acc"], "train_acc": train_acc,
+                  "gap": train_acc - fidelity["student_acc"], "agreement_ensemble": fidelity["agreement_st"],
+                  **{k: v for k, v in fidelity.items() if k not in ("student_acc", "agreement_st")}, **attention}
+        record.update({f"agreement_teacher{i}": float(top1_agreement(student_test, logits))
                        for i, logits in enumerate(teacher_test)})
         return record
 
     student = context.new_model()
-    trainer = Trainer(wrap_for_training(student, context),
-                      train_loader(options.data, context.facts, context.device, options.seed, context.dist),
-                      kd_step, evaluate, options.optim,
+    trainer = Trainer(wrap_for_training(WithFeatures(student), context), loader, kd_step, evaluate, options.optim,
                       ModelInfo(options.arch, context.facts.num_classes, context.facts.image_size,
                                 context.facts.in_chans, {"teachers": [p for p, _ in described]}),
                       context.device, context.run, amp=options.amp, progress=options.progress,
                       description=f"distill {options.arch}")
     if options.resume:
         trainer.resume()
+        kd_step.start_at(trainer.start_epoch)
     records = trainer.fit()
     barrier(context.dist)
     if not context.dist.is_main:
         return None
-    teachers = [{"name": f"teacher{i} ({arch})", "path": path, "test_acc": accuracy(logits, test_labels),
-                 "agreement_ensemble": top1_agreement(logits, mean_probability_logits(teacher_test))}
+    ensemble_test = ensemble_logits(teacher_test)
+    teachers = [{"name": f"teacher{i} ({arch})", "path": path, "test_acc": float(accuracy(logits, test_labels)),
+                 "agreement_ensemble": float(top1_agreement(logits, ensemble_test))}
                 for i, ((path, arch), logits) in enumerate(zip(described, teacher_test))]
     return write_summary(context.run, options, teachers, records,
-                         ensemble_acc=accuracy(mean_probability_logits(teacher_test), test_labels))
+                         ensemble_acc=float(accuracy(ensemble_test, test_labels)))

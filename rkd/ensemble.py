@@ -167,8 +167,9 @@ class TeacherEnsemble(nn.Module):
 
     `fused=True` runs teachers of one architecture as one wide model in eval mode; `fused=False` forces the
     per-teacher loop; `fused=None` (default) fuses on CUDA and loops on the CPU, where the loop with folded
-    BatchNorm measured faster (bench/bench_ensemble.py: 1.75x sequential vs 0.71x fused, 3 x resnet20, 2 cores). `compile` wraps the forward pass in `torch.compile`. `teachers` holds the original
-    models (for per-teacher evaluation); `mode` says which pass is used and `fallback_reason` why it is not fused.
+    BatchNorm measured faster (bench/bench_ensemble.py: 1.75x sequential vs 0.71x fused, 3 x resnet20, 2 cores).
+    `compile` wraps the forward pass in `torch.compile`. `teachers` holds the original models (for per-teacher
+    evaluation); `mode` says which pass is used and `fallback_reason` why it is not fused.
     """
 
     def __init__(self, teachers: Sequence[nn.Module], bn_mode: str = "eval", *, fused: Optional[bool] = None,

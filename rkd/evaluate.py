@@ -1,4 +1,4 @@
-"""Evaluation: logits over a whole (deterministic) loader, accuracy and agreement from them."""
+"""Evaluation: logits over a whole (deterministic) loader, with bf16 autocast on CUDA."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -28,13 +28,3 @@ def predict_logits(model: nn.Module, loader: Iterable, device: torch.device, amp
         labels.append(targets.cpu())
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in [0, 1]."""
-    return (logits.argmax(-1) == labels).float().mean().item()
-
-
-def top1_agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
-    """Share of samples on which two models predict the same class."""
-    return (logits_a.argmax(-1) == logits_b.argmax(-1)).float().mean().item()

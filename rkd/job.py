@@ -75,7 +75,3 @@ def wrap_for_training(model: nn.Module, context: JobContext) -> nn.Module:
         return model
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

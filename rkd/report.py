@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .plots import plot_epoch_metrics
+from .plots import plot_metrics
 from .runs import RunDir
 
 
@@ -29,9 +29,17 @@ def write_summary(run: RunDir, options, teachers: Sequence[dict], records: Seque
                ("test_acc", "train_acc", "gap", "agreement_ensemble", "images_per_s")}}
     rows = [*teachers, {"name": "teacher ensemble (mean probs)", "test_acc": ensemble_acc}, student]
     table = summary_table(rows)
-    plot_epoch_metrics(records, ["test_acc", "train_acc", "agreement_ensemble"], run.plots / "accuracy.png",
+    plot_metrics(records, ["test_acc", "train_acc", "agreement_ensemble"], run.plots / "accuracy.png",
                        "student accuracy and agreement")
-    plot_epoch_metrics(records, ["train_loss"], run.plots / "loss.png", "distillation loss")
+    plot_metrics(records, ["train_loss"], run.plots / "loss.png", "distillation loss")
+    plot_metrics(records, ["iou_tt@0.4", "iou_st@0.4", "iou_st_pooled_paper@0.4", "soft_iou_st"],
+                       run.plots / "attention.png", "attention IoU on the test set (threshold 0.4)")
+    plot_metrics(records, ["agreement_ensemble", "nmi_st", "kl_teacher_student", "ece_student"],
+                       run.plots / "fidelity.png", "student-teacher fidelity on the test set")
+    steps = run.read_metrics("step")
+    if steps:
+        plot_metrics(steps, ["iou_tt@0.4", "iou_st@0.4", "batch_agreement_st"], run.plots / "online.png",
+                     "measured on training batches during distillation", x_key="step")
     augment = options.data.augment
     report = "\n".join([
         f"# Distillation run `{run.path.name}`", "",
@@ -40,7 +48,9 @@ def write_summary(run: RunDir, options, teachers: Sequence[dict], records: Seque
         f"- student `{options.arch}`, {options.optim.epochs} epochs, seed {options.seed}",
         f"- teachers: {', '.join(t['path'] for t in teachers)}", "",
         table, "",
-        "Per-epoch metrics: `metrics.jsonl`. Plots: `plots/accuracy.png`, `plots/loss.png`.", ""])
+        "Per-epoch metrics (kind `epoch`) and training-batch measurements (kind `step`): `metrics.jsonl`. "
+        "Plots: `plots/accuracy.png`, `plots/loss.png`, `plots/attention.png`, `plots/fidelity.png`, "
+        "`plots/online.png`.", ""])
     run.write_report(report)
     print("\n" + table + f"\n\nrun directory: {run.path}", flush=True)
     return {"teachers": teachers, "ensemble_acc": ensemble_acc, "student": student, "run": str(run.path)}

@@ -11,8 +11,10 @@ import pipelines
 from .checkpoint import load_checkpoint
 from .data import DataOptions, dataset_facts, eval_loaders, train_loader
 from .distributed import barrier, log
-from .evaluate import accuracy, predict_logits
-from .job import JobContext, JobOptions, augment_tag, start_job, unwrap, wrap_for_training
+from .evaluate import predict_logits
+from .metrics import accuracy
+from .job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
+from .models import unwrap
 from .optim import OptimConfig
 from .trainer import ModelInfo, Trainer
 
@@ -33,8 +35,8 @@ def classifier_evaluation(context: JobContext):
     def evaluate(model, epoch: int) -> dict:
         if not context.dist.is_main:
             return {}
-        test_acc = accuracy(*predict_logits(unwrap(model), test_loader, context.device, context.options.amp))
-        train_acc = accuracy(*predict_logits(unwrap(model), train_eval, context.device, context.options.amp))
+        test_acc = float(accuracy(*predict_logits(unwrap(model), test_loader, context.device, context.options.amp)))
+        train_acc = float(accuracy(*predict_logits(unwrap(model), train_eval, context.device, context.options.amp)))
         return {"test_acc": test_acc, "train_acc": train_acc, "gap": train_acc - test_acc}
 
     return evaluate
@@ -58,30 +60,29 @@ def train_teacher(options: JobOptions) -> JobContext:
     return context
 
 
+def default_teacher_runs(data: DataOptions, *, arch: str, count: int, runs_dir: str) -> list:
+    """Run directories of the default ensemble: seeds 0..count-1, un-augmented, under ``<runs_dir>/teachers/``."""
+    kind = dataset_facts(data).kind
+    plain = replace(data, augment=pipelines.AugmentSpec())
+    return [Path(runs_dir) / "teachers" / teacher_run_name(
+        JobOptions(data=plain, arch=arch, optim=OptimConfig(epochs=1), seed=seed), kind) for seed in range(count)]
+
+
 def default_teachers(data: DataOptions, *, arch: str, epochs: int, count: int, optim: OptimConfig, device: str,
                      runs_dir: str, progress: bool) -> list:
-    """Checkpoints of the default ensemble: `count` teachers with seeds 0..count-1, un-augmented (crop + flip).
-
-    Each is trained on first use into ``<runs_dir>/teachers/`` and reused afterwards; an interrupted teacher
-    resumes where it stopped.
-    """
-    teacher_data = replace(data, augment=pipelines.AugmentSpec())
-    kind = dataset_facts(data).kind
+    """Checkpoints of the default ensemble (see `default_teacher_runs`), each trained on first use and reused
+    afterwards; an interrupted teacher resumes where it stopped."""
     paths = []
-    for seed in range(count):
-        options = JobOptions(data=teacher_data, arch=arch, optim=replace(optim, epochs=epochs), seed=seed,
-                             device=device, runs_dir=str(Path(runs_dir) / "teachers"), resume=True,
-                             progress=progress)
-        options = replace(options, name=teacher_run_name(options, kind))
-        last = Path(options.runs_dir) / options.name / "checkpoints" / "last.pt"
-        finished = last.exists() and _completed_epochs(last) >= epochs
-        if finished:
-            log(f"using cached default teacher {seed + 1}/{count}: {last.parent.parent}")
+    for seed, run in enumerate(default_teacher_runs(data, arch=arch, count=count, runs_dir=runs_dir)):
+        last = run / "checkpoints" / "last.pt"
+        if last.exists() and _completed_epochs(last) >= epochs:
+            log(f"using cached default teacher {seed + 1}/{count}: {run}")
         else:
-            log(f"training default teacher {seed + 1}/{count} ({arch}, {epochs} epochs; first use, cached in "
-                f"{last.parent.parent})")
-            train_teacher(options)
-        paths.append(last.parent / "best.pt")
+            log(f"training default teacher {seed + 1}/{count} ({arch}, {epochs} epochs; first use, cached in {run})")
+            train_teacher(JobOptions(data=replace(data, augment=pipelines.AugmentSpec()), arch=arch,
+                                     optim=replace(optim, epochs=epochs), seed=seed, device=device,
+                                     runs_dir=str(run.parent), name=run.name, resume=True, progress=progress))
+        paths.append(run / "checkpoints" / "best.pt")
     return paths
 
 

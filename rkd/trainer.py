@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_record, save_checkpoint
 from .evaluate import autocast_for
+from .models import unwrap
 from .optim import OptimConfig, make_optimizer, make_scheduler
 from .runs import RunDir
 
@@ -51,7 +52,7 @@ class Trainer:
         if self.run is None or not self.run.last.exists():
             return
         payload = load_checkpoint(self.run.last, "--resume")
-        (self.model.module if hasattr(self.model, "module") else self.model).load_state_dict(payload["model"])
+        unwrap(self.model).load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng_cpu"])
         self.start_epoch, self.best = payload["epoch"], payload["best"]

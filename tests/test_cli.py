@@ -27,7 +27,7 @@ def distilled(fmnist_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     argv = ["distill", "--data", str(fmnist_dir), "--runs-dir", str(runs), "--teacher-arch", "resnet8",
             "--teacher-epochs", "1", "--arch", "resnet8", "--magnitude", "5", "--policy", "none", "--name", "tiny",
-            *TINY]
+            "--metrics-every", "2", *TINY]
     main(argv)
     return runs, argv
 
@@ -36,14 +36,22 @@ def test_distill_writes_the_run_directory(distilled):
     runs, _ = distilled
     run = runs / "tiny"
     for name in ("config.json", "metrics.jsonl", "report.md", "checkpoints/last.pt", "checkpoints/best.pt",
-                 "plots/accuracy.png", "plots/loss.png"):
+                 "plots/accuracy.png", "plots/loss.png", "plots/attention.png", "plots/fidelity.png",
+                 "plots/online.png"):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 1
-    record = records[0]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert len(epochs) == 1 and [s["step"] for s in steps] == [2, 4]  # 4 steps, --metrics-every 2
+    for key in ("iou_tt@0.4", "iou_st@0.4", "batch_agreement_st", "batch_kl_teacher_student"):
+        assert all(0 <= s[key] for s in steps), key
+    record = epochs[0]
     for key in ("test_acc", "train_acc", "gap", "agreement_ensemble", "agreement_teacher0", "agreement_teacher1",
-                "images_per_s", "data_wait_share", "train_loss"):
+                "images_per_s", "data_wait_share", "train_loss", "iou_tt@0.4", "iou_st@0.4",
+                "iou_tt_pooled_paper@0.4", "soft_iou_st", "mi_st", "nmi_st", "kl_teacher_student",
+                "ece_student"):
         assert key in record, key
+    assert 0 <= record["iou_st@0.4"] <= 1 and 0 <= record["nmi_st"] <= 1
     assert 0 <= record["test_acc"] <= 1 and 0 <= record["data_wait_share"] <= 1
     assert record["gap"] == pytest.approx(record["train_acc"] - record["test_acc"])
     payload = load_checkpoint(run / "checkpoints" / "best.pt")

@@ -29,9 +29,9 @@ def distill_argv(root, data, teacher, name):
             "--no-progress", "--device", "cpu"]
 
 
-def epoch_records(root, name):
+def records(root, name, kind="epoch"):
     lines = (root / "runs" / name / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return [record for record in map(json.loads, lines) if record["kind"] == kind]
 
 
 COMPARED = ("epoch", "test_acc", "train_acc", "agreement_ensemble", "train_loss", "lr")
@@ -51,17 +51,20 @@ def test_killed_run_resumes_to_the_same_result(setup):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = len(epoch_records(root, "killed"))
+    killed_at = len(records(root, "killed"))
     assert 1 <= killed_at < 3
 
     resumed = subprocess.run(distill_argv(root, data, teacher, "killed") + ["--resume"], env=env,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
-    whole, again = epoch_records(root, "whole"), epoch_records(root, "killed")
+    whole, again = records(root, "whole"), records(root, "killed")
     assert len(again) == len(whole) == 3
     for a, b in zip(whole, again):
         assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
+    steps_whole, steps_again = records(root, "whole", "step"), records(root, "killed", "step")
+    assert [r["step"] for r in steps_whole] == [r["step"] for r in steps_again] == [50]
+    assert steps_whole == steps_again
     best_whole = load_checkpoint(root / "runs" / "whole" / "checkpoints" / "best.pt")
     best_again = load_checkpoint(root / "runs" / "killed" / "checkpoints" / "best.pt")
     assert best_whole["epoch"] == best_again["epoch"] and best_whole["best"] == best_again["best"]

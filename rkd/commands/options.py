@@ -46,7 +46,7 @@ data_options = _stack([
     click.option("--workers", type=int, default=None, help="Data loader worker processes [auto]."),
 ])
 
-run_options = _stack([
+model_options = _stack([
     click.option("--arch", default=None, help="Model: a CIFAR ResNet (resnet8, resnet20, ...) or a timm name "
                                               "[dataset default]."),
     click.option("--epochs", type=int, default=None, help="Epochs [dataset default]."),
@@ -54,13 +54,17 @@ run_options = _stack([
     click.option("--weight-decay", type=float, default=None),
     click.option("--warmup-epochs", type=float, default=None),
     click.option("--schedule", type=click.Choice(SCHEDULES), default=None),
-    click.option("--seed", type=int, default=0, show_default=True),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
     click.option("--no-amp", is_flag=True, help="Disable bf16 autocast on CUDA."),
     click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False)),
+    click.option("--no-progress", is_flag=True, help="No progress bars."),
+])
+
+run_options = _stack([
+    model_options,
+    click.option("--seed", type=int, default=0, show_default=True),
     click.option("--name", default=None, help="Run directory name [derived from the options]."),
     click.option("--resume", is_flag=True, help="Continue the run in an existing run directory."),
-    click.option("--no-progress", is_flag=True, help="No progress bars."),
 ])
 
 

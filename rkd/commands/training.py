@@ -43,13 +43,15 @@ def train_teacher_command(**kw) -> None:
 @click.option("--teacher-fusion", type=click.Choice(["auto", "fused", "loop"]), default="auto", show_default=True,
               help="Teachers of one architecture as one fused forward, or one after the other (BatchNorm folded "
                    "in both); auto: fused on CUDA, loop on the CPU (faster there, bench/bench_ensemble.py).")
+@click.option("--metrics-every", type=click.IntRange(0), default=50, show_default=True,
+              help="Measure attention IoU and fidelity of the training batch every N steps (0: never).")
 @click.option("--compile", "compile_teachers", is_flag=True,
               help="torch.compile the teacher ensemble's forward (slow first step; pays off on long GPU runs).")
 def distill_command(teachers, num_teachers, teacher_arch, teacher_epochs, alpha, temperature, kd_mode, teacher_bn,
-                    teacher_fusion, compile_teachers, **kw) -> None:
+                    teacher_fusion, metrics_every, compile_teachers, **kw) -> None:
     """Distill a student from a teacher ensemble under the chosen augmentation (the main job)."""
     kd = KDOptions(alpha=alpha, temperature=temperature, mode=kd_mode, teacher_bn=teacher_bn,
-                   compile=compile_teachers, fusion=teacher_fusion)
+                   compile=compile_teachers, fusion=teacher_fusion, metrics_every=metrics_every)
     job, defaults = build_job_options(kw, default_policy="randaugment", extra={"kd": kd.__dict__})
     if not 0.0 <= alpha <= 1.0:
         raise click.BadParameter(f"must be in [0, 1], got {alpha}", param_hint="--alpha")

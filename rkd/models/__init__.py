@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..errors import RkdError
 from .cifar_resnet import CIFAR_RESNETS, CifarResNet
 
-__all__ = ["CIFAR_RESNETS", "CifarResNet", "create", "is_known"]
+__all__ = ["CIFAR_RESNETS", "CifarResNet", "WithFeatures", "create", "is_known", "unwrap"]
 
 
 def is_known(name: str) -> bool:
@@ -35,4 +35,23 @@ def create(name: str, num_classes: int, image_size: int, in_chans: int = 3) -> n
                            "(see timm.list_models())")
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     model.rkd_image_size = image_size
+    return model
+
+
+class WithFeatures(nn.Module):
+    """Wraps a model so that its forward returns (logits, last feature map): one pass, usable under DDP."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images):
+        features = self.module.forward_features(images)
+        return self.module.forward_head(features), features
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel and WithFeatures wrappers (both keep it as `.module`)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, WithFeatures)):
+        model = model.module
     return model

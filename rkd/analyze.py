@@ -1,0 +1,135 @@
+"""`rkd analyze`: teachers' and student's attention agreement and fidelity under an augmentation, on a data split.
+
+Images are taken in a fixed order from the chosen split, cropped as for evaluation, then augmented with the given
+policy at the given magnitude (the same per-image augmentation as training). The same images are also passed
+clean, for affinity (accuracy augmented / accuracy clean).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+import pipelines
+from kernels.reference import normalize_min_max, upsample_bilinear
+from pipelines.sources import open_source, take
+
+from . import metrics
+from .attention import AttentionMeter, cams
+from .cam import linear_head_weight
+from .checkpoint import load_model
+from .data import DataOptions, DatasetFacts
+from .ensemble import TeacherEnsemble, load_ensemble
+from .fidelity import fidelity_summary
+from .plots import plot_attention_grid
+
+GRID_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """What to analyze and how."""
+
+    split: str = "test"
+    max_images: int = 2000
+    thresholds: tuple = (0.4,)
+    cam_mode: str = "agnostic"
+    seed: int = 0
+    backend: str = "auto"
+
+
+def analysis_loader(data: DataOptions, facts: DatasetFacts, options: AnalyzeOptions, device, augment):
+    """A deterministic loader over the first `max_images` of a fixed permutation of the split."""
+    source = open_source(data.data, options.split)
+    if len(source) > options.max_images:
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(options.seed))
+        source = take(source, order[:options.max_images].sort().values)
+    return pipelines.build_loader("torch", source, split="test", batch_size=data.batch_size,
+                                  image_size=facts.image_size, augment=augment, device=device, seed=options.seed,
+                                  num_workers=data.workers)
+
+
+@torch.no_grad()
+def run_models(ensemble: TeacherEnsemble, student: Optional[torch.nn.Module], loader, meter: Optional[AttentionMeter],
+               image_size: int) -> tuple:
+    """Teacher logits (T, N, C), student logits (N, C) or None, labels; feeds `meter` with every batch's maps."""
+    weights = [linear_head_weight(t) for t in ensemble.teachers]
+    teacher_logits, student_logits, labels = [], [], []
+    for images, targets in loader:
+        logits, features = ensemble.forward_with_features(images)
+        student_out = None
+        if student is not None:
+            s_features = student.forward_features(images)
+            s_logits = student.forward_head(s_features)
+            student_out = (s_features, linear_head_weight(student), s_logits)
+            student_logits.append(s_logits.float().cpu())
+        if meter is not None:
+            meter.update(features, weights, logits, targets, image_size, student=student_out)
+        teacher_logits.append(logits.float().cpu())
+        labels.append(targets.cpu())
+    return (torch.cat(teacher_logits, 1), torch.cat(student_logits) if student_logits else None, torch.cat(labels))
+
+
+def analyze(data: DataOptions, facts: DatasetFacts, teacher_paths: Sequence[Path], student_path: Optional[Path],
+            options: AnalyzeOptions, device: torch.device, out_dir: Path) -> dict:
+    """Measure, write analysis.json, analysis.md and attention_grid.png into `out_dir`; returns the results."""
+    ensemble, described = load_ensemble(teacher_paths, device, num_classes=facts.num_classes,
+                                        in_chans=facts.in_chans)
+    student = None
+    if student_path is not None:
+        student, _ = load_model(student_path, device, num_classes=facts.num_classes, in_chans=facts.in_chans,
+                                flag="--student")
+        student = student.eval().to(memory_format=torch.channels_last)
+    meter = AttentionMeter(options.thresholds, facts.image_size, options.cam_mode, options.backend)
+    augmented = run_models(ensemble, student, analysis_loader(data, facts, options, device, data.augment), meter,
+                           facts.image_size)
+    clean = run_models(ensemble, student, analysis_loader(data, facts, options, device, pipelines.AugmentSpec()),
+                       None, facts.image_size)
+    teacher_aug, student_aug, labels = augmented
+    results = {"split": options.split, "images": len(labels), "augment": data.augment.to_dict(),
+               "cam": options.cam_mode, "thresholds": list(options.thresholds),
+               "teachers": [p for p, _ in described], "student": str(student_path) if student_path else None,
+               **meter.summary()}
+    for i, (aug_logits, clean_logits) in enumerate(zip(teacher_aug, clean[0])):
+        results[f"teacher{i}_acc"] = float(metrics.accuracy(aug_logits, labels))
+        results[f"teacher{i}_affinity"] = float(metrics.affinity(aug_logits, clean_logits, labels))
+    if student is not None:
+        results.update(fidelity_summary(student_aug, teacher_aug, labels))
+        results["student_affinity"] = float(metrics.affinity(student_aug, clean[1], labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "analysis.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (out_dir / "analysis.md").write_text(markdown_table(results))
+    names = [f"teacher{i} ({arch})" for i, (_, arch) in enumerate(described)] + (["student"] if student else [])
+    write_grid(ensemble, student, analysis_loader(data, facts, options, device, data.augment), facts,
+               options, names, out_dir / "attention_grid.png")
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    """The scalar results as a two-column Markdown table."""
+    rows = [f"| {key} | {value:.4f} |" for key, value in sorted(results.items()) if isinstance(value, float)]
+    augment = results["augment"]
+    header = (f"# Attention and fidelity: {results['split']} split, {results['images']} images, "
+              f"{augment['policy']} at magnitude {augment['magnitude']}, CAM {results['cam']}\n\n")
+    return header + "| metric | value |\n|---|---:|\n" + "\n".join(rows) + "\n"
+
+
+@torch.no_grad()
+def write_grid(ensemble: TeacherEnsemble, student, loader, facts: DatasetFacts, options: AnalyzeOptions,
+               names: Sequence[str], out: Path) -> Path:
+    """The first images of the loader with each model's binarized attention mask at the first threshold."""
+    images, labels = next(iter(loader))
+    images, labels = images[:GRID_IMAGES], labels[:GRID_IMAGES]
+    models = list(ensemble.teachers) + ([student] if student is not None else [])
+    maps = []
+    for model in models:
+        features = model.forward_features(images)
+        maps.append(cams(features, linear_head_weight(model), model.forward_head(features), labels, options.cam_mode))
+    normalized = normalize_min_max(upsample_bilinear(torch.stack(maps).float(), (facts.image_size, facts.image_size)))
+    mean = torch.tensor(loader.source.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(loader.source.std, device=images.device).view(1, -1, 1, 1)
+    return plot_attention_grid(images * std + mean, normalized >= options.thresholds[0], names, out,
+                               f"attention masks at threshold {options.thresholds[0]:g} ({options.cam_mode} CAM)")

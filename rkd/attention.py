@@ -1,0 +1,112 @@
+"""Attention agreement among teachers and between student and teachers, pooled over many batches.
+
+Models' class activation maps (from their own last feature maps and linear heads) go through
+`kernels.attention_iou` once per batch with the student (if any) stacked after the teachers, so every pair is
+counted in one call. Counts add up over batches: the paper's pooled IoU over a whole set is exact, and the
+per-image IoU is averaged over every image seen.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Optional, Sequence
+
+import torch
+
+from kernels import attention_iou
+from kernels.counts import unions
+
+from .cam import class_activation_maps
+
+CAM_MODES = ("agnostic", "target", "predicted")
+DEFAULT_THRESHOLDS = (0.4,)
+
+
+def cams(features: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+         mode: str) -> torch.Tensor:
+    """Class activation maps (B, h, w): summed over all classes (the paper), or for the true or predicted class."""
+    if mode not in CAM_MODES:
+        raise ValueError(f"unknown CAM mode {mode!r}: choose one of {', '.join(CAM_MODES)}")
+    classes = None if mode == "agnostic" else (labels if mode == "target" else logits.argmax(-1))
+    return class_activation_maps(features.float(), weight.float(), classes)
+
+
+class AttentionMeter:
+    """Accumulates attention IoU of T teachers (and optionally a student, as model index T) over batches."""
+
+    def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, out_size: Optional[int] = None,
+                 cam_mode: str = "agnostic", backend: str = "auto") -> None:
+        self.thresholds, self.out_size, self.cam_mode, self.backend = tuple(thresholds), out_size, cam_mode, backend
+        self.images = 0
+        self.pairwise_sum = self.intersection = self.union = self.soft_sum = None
+        self.all_intersection = self.any_union = None
+        self.num_teachers = 0
+
+    def teacher_maps(self, teacher_features: torch.Tensor, teacher_weights: Sequence[torch.Tensor],
+                     teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The teachers' CAMs (T, B, h, w) for this meter's CAM mode."""
+        return torch.stack([cams(f, w, z, labels, self.cam_mode)
+                            for f, w, z in zip(teacher_features, teacher_weights, teacher_logits)])
+
+    @torch.no_grad()
+    def update(self, teacher_features: torch.Tensor, teacher_weights: Sequence[torch.Tensor],
+               teacher_logits: torch.Tensor, labels: torch.Tensor, image_size: int,
+               student: Optional[tuple] = None) -> None:
+        """Add one batch. teacher_features (T, B, K, h, w), teacher_logits (T, B, C); student = (features,
+        weight, logits) or None. Maps are upsampled to `out_size` (default: the input images' size)."""
+        student_map = cams(*student, labels, self.cam_mode) if student is not None else None
+        self.update_maps(self.teacher_maps(teacher_features, teacher_weights, teacher_logits, labels), student_map,
+                         image_size)
+
+    @torch.no_grad()
+    def update_maps(self, teacher_maps: torch.Tensor, student_map: Optional[torch.Tensor], image_size: int) -> None:
+        """Add one batch of CAMs: teachers (T, B, h, w), student (B, h, w) or None."""
+        self.num_teachers = teacher_maps.shape[0]
+        size = self.out_size or image_size
+        teachers = attention_iou(teacher_maps, size, self.thresholds, backend=self.backend)
+        everyone = teachers
+        if student_map is not None:
+            everyone = attention_iou(torch.cat([teacher_maps, student_map.unsqueeze(0)]), size, self.thresholds,
+                                     backend=self.backend)
+        batch = {
+            "pairwise_sum": everyone.pairwise.sum(1),
+            "intersection": everyone.counts.intersection.sum(1),
+            "union": unions(everyone.counts.intersection).sum(1),
+            "soft_sum": everyone.soft.sum(0),
+            "all_intersection": teachers.counts.all_intersection.sum(1),  # the teachers' alone, never the student's
+            "any_union": teachers.counts.any_union.sum(1),
+        }
+        for key, value in batch.items():
+            current = getattr(self, key)
+            setattr(self, key, value.cpu().double() if current is None else current + value.cpu().double())
+        self.images += teacher_maps.shape[1]
+
+    def summary(self) -> dict:
+        """Mean teacher-teacher and student-teacher IoUs (per-image averaged, the paper's pooled, soft) per threshold."""
+        if not self.images:
+            return {}
+        t = self.num_teachers
+        per_image = self.pairwise_sum / self.images
+        pooled = torch.where(self.union > 0, self.intersection / self.union.clamp_min(1), torch.ones_like(self.union))
+        soft = self.soft_sum / self.images
+        pairs = list(combinations(range(t), 2))
+        out = {"images": self.images}
+        for k, threshold in enumerate(self.thresholds):
+            tag = f"@{threshold:g}"
+            if pairs:
+                out[f"iou_tt{tag}"] = _mean_over(per_image[k], pairs)
+                out[f"iou_tt_pooled_paper{tag}"] = _mean_over(pooled[k], pairs)
+                all_pooled = self.all_intersection[k] / self.any_union[k] if self.any_union[k] > 0 else 1.0
+                out[f"iou_all_teachers_pooled{tag}"] = float(all_pooled)
+            if per_image.shape[-1] > t:
+                student_pairs = [(t, j) for j in range(t)]
+                out[f"iou_st{tag}"] = _mean_over(per_image[k], student_pairs)
+                out[f"iou_st_pooled_paper{tag}"] = _mean_over(pooled[k], student_pairs)
+        if pairs:
+            out["soft_iou_tt"] = _mean_over(soft, pairs)
+        if soft.shape[-1] > t:
+            out["soft_iou_st"] = _mean_over(soft, [(t, j) for j in range(t)])
+        return out
+
+
+def _mean_over(matrix: torch.Tensor, pairs: Sequence[tuple]) -> float:
+    return float(sum(matrix[i, j] for i, j in pairs) / len(pairs))
