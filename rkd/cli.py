@@ -7,7 +7,10 @@ import click
 
 from pipelines.errors import ConfigError
 
+from .commands.analyze import analyze_command
+from .commands.convert import convert_command
 from .commands.photos import make_photo_tree_command
+from .commands.sweep import sweep_command
 from .commands.training import distill_command, train_teacher_command
 
 
@@ -17,7 +20,8 @@ def cli() -> None:
     """Ensemble knowledge distillation with parameterized augmentation: train, distill, analyze, sweep."""
 
 
-for command in (train_teacher_command, distill_command, make_photo_tree_command):
+for command in (train_teacher_command, distill_command, analyze_command, sweep_command, convert_command,
+                make_photo_tree_command):
     cli.add_command(command)
 
 

@@ -1,0 +1,73 @@
+"""`rkd sweep`: verdict rules on synthetic data, and a tiny real sweep that resumes without recomputing."""
+import json
+
+import pytest
+
+from rkd.cli import main
+from rkd.sweep_report import METRICS, aggregate, verdict
+
+
+def synthetic_points(values_by_magnitude):
+    points = []
+    for magnitude, values in values_by_magnitude.items():
+        for seed, value in enumerate(values):
+            point = {"teachers": "default", "magnitude": magnitude, "seed": seed, **{m: 0.5 for m in METRICS}}
+            point["iou_tt@0.4"] = value
+            points.append(point)
+    return points
+
+
+@pytest.mark.parametrize("values,expected", [
+    ({0: [0.80, 0.82], 10: [0.70, 0.71], 20: [0.60, 0.62]}, "supported"),
+    ({0: [0.60, 0.62], 10: [0.70, 0.71], 20: [0.80, 0.82]}, "contradicted"),
+    ({0: [0.70, 0.60], 10: [0.72, 0.61], 20: [0.66, 0.64]}, "inconclusive"),   # change within the seeds' spread
+    ({0: [0.7, 0.7], 10: [0.7, 0.7], 20: [0.7, 0.7]}, "inconclusive"),         # constant: rho undefined
+    ({0: [0.8], 10: [0.7], 20: [0.6]}, "inconclusive"),     # monotone but 3 points: exact p = 1/3
+    ({m: [0.9 - m / 100] for m in range(0, 30, 5)}, "supported"),   # 6 monotone points: exact p = 2/720
+])
+def test_verdict_rule(values, expected):
+    points = synthetic_points(values)
+    assert verdict(points, aggregate(points), "iou_tt@0.4", -1)[0] == expected
+
+
+def test_aggregate_mean_and_std():
+    rows = aggregate(synthetic_points({0: [0.2, 0.4], 5: [0.1]}))
+    assert rows[0]["iou_tt@0.4"] == pytest.approx(0.3) and rows[0]["iou_tt@0.4_std"] == pytest.approx(0.1414, rel=1e-3)
+    assert rows[1]["seeds"] == 1 and rows[1]["iou_tt@0.4_std"] == 0.0
+
+
+def sweep_argv(fmnist_dir, runs):
+    return ["sweep", "--data", str(fmnist_dir), "--magnitudes", "0", "20", "--seeds", "0", "--epochs", "1",
+            "--arch", "resnet8", "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--train-images", "0",
+            "--analysis-images", "64", "--batch-size", "64", "--runs-dir", str(runs), "--name", "s", "--no-progress",
+            "--device", "cpu"]
+
+
+def test_tiny_sweep_end_to_end_and_resume(fmnist_dir, tmp_path, capsys):
+    main(sweep_argv(fmnist_dir, tmp_path))
+    folder = tmp_path / "s"
+    for name in ("sweep.csv", "sweep.json", "report.md", "points.json", "plots/iou_tt_at_0.4.png",
+                 "plots/agreement_st.png", "plots/gap.png", "distill-tdefault-m20-s0/analysis-train-augmented/analysis.json",
+                 "control-m0-s0/checkpoints/last.pt"):
+        assert (folder / name).is_file(), name
+    data = json.loads((folder / "sweep.json").read_text())
+    assert [p["magnitude"] for p in data["points"]] == [0, 20]
+    assert all(0 <= p["iou_tt@0.4"] <= 1 and 0 <= p["agreement_st"] <= 1 for p in data["points"])
+    report = (folder / "report.md").read_text()
+    assert report.count("| default |") >= 6 and "verdict" in report
+    checkpoints = sorted(folder.rglob("last.pt"))
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
+    capsys.readouterr()
+    main(sweep_argv(fmnist_dir, tmp_path))
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps, "finished runs are not recomputed"
+    assert "training default teacher" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,message", [(["--magnitude", "5"], "use --magnitudes"),
+                                           (["--magnitudes", "0", "40"], "magnitude 40 is outside 0..30"),
+                                           (["--magnitudes", "zero"], "expected int values")])
+def test_sweep_bad_input(fmnist_dir, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(sweep_argv(fmnist_dir, tmp_path) + extra)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
