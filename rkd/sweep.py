@@ -91,7 +91,7 @@ def run_point(job: JobOptions, sweep: SweepOptions, folder: Path, teacher_set: s
     control_name = f"control-m{magnitude}-s{seed}"
     log(f"sweep point: teachers {teacher_set}, magnitude {magnitude}, seed {seed}")
     distill(replace(point_job, name=distill_name), teachers, KDOptions(**KD_LOSSES[sweep.kd_loss]))
-    train_teacher(replace(point_job, name=control_name))
+    train_teacher(replace(point_job, name=control_name), role="control")
     student = folder / distill_name / "checkpoints" / "last.pt"
     device = resolve_device(job.device)
     attention = _analysis(data, teachers, student, "train", sweep.analysis_images, device,

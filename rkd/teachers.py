@@ -42,8 +42,10 @@ def classifier_evaluation(context: JobContext):
     return evaluate
 
 
-def train_teacher(options: JobOptions) -> JobContext:
-    """Train one classifier with cross-entropy; its run directory holds checkpoints/best.pt and last.pt."""
+def train_teacher(options: JobOptions, role: str = "teacher") -> JobContext:
+    """Train one classifier with cross-entropy; its run directory holds checkpoints/best.pt and last.pt.
+
+    `role` names the model in progress and log lines (the sweep's cross-entropy students are "control")."""
     kind = dataset_facts(options.data).kind
     context = start_job(options, teacher_run_name(options, kind))
     model = context.new_model()
@@ -52,7 +54,7 @@ def train_teacher(options: JobOptions) -> JobContext:
                       cross_entropy_step, classifier_evaluation(context), options.optim,
                       ModelInfo(options.arch, context.facts.num_classes, context.facts.image_size,
                                 context.facts.in_chans), context.device, context.run, amp=options.amp,
-                      progress=options.progress, description=f"teacher {options.arch} s{options.seed}")
+                      progress=options.progress, description=f"{role} {options.arch} s{options.seed}")
     if options.resume:
         trainer.resume()
     trainer.fit()

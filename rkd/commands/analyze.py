@@ -41,7 +41,7 @@ def default_models(data, runs_dir: str) -> tuple:
               help="Student checkpoint [the main job's student, when --teachers is not given either].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--max-images", type=click.IntRange(1), default=2000, show_default=True)
-@click.option("--thresholds", type=click.FloatRange(0, 1), multiple=True, default=(0.4,), show_default=True,
+@click.option("--thresholds", type=float, multiple=True, default=(0.4,), show_default=True,
               help="Mask thresholds after min-max normalization (repeat).")
 @click.option("--cam", "cam_mode", type=click.Choice(CAM_MODES), default="agnostic", show_default=True,
               help="Class-agnostic CAM (sum over classes, the paper) or the target / predicted class's.")

@@ -65,6 +65,7 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
     description = (f"Data `{job.data.data}`, loader `{job.data.loader}`, policy `{job.data.augment.policy}`, "
                    f"student `{job.arch}` ({job.optim.epochs} epochs on "
                    f"{train_images or 'all'} training images), KD loss `{kd_loss}`, seeds {list(seeds)}, "
-                   f"teachers {sweep.num_teachers} × `{sweep.teacher_arch}`.")
+                   f"teachers {sweep.num_teachers} × `{sweep.teacher_arch}`; attention and fidelity measured on "
+                   f"{analysis_images} images.")
     click.echo(write_outputs(points, folder, description))
     click.echo(f"sweep folder: {folder}")
