@@ -62,7 +62,7 @@ def bench_config(suite: Suite, arch: str, image_size: int, batch_size: int, coun
     teachers = [create(arch, num_classes, image_size).to(device, memory_format=torch.channels_last).eval()
                 for _ in range(count)]
     images = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
-    looped, fused = TeacherEnsemble(teachers, fused=False), TeacherEnsemble(teachers)
+    looped, fused = TeacherEnsemble(teachers, fused=False), TeacherEnsemble(teachers, fused=True)
     assert fused.mode == "fused", fused.fallback_reason
     variants = {
         "sequential": lambda x: tuple(map(torch.stack, zip(*(teacher_pass(t, x) for t in teachers)))),
@@ -72,7 +72,7 @@ def bench_config(suite: Suite, arch: str, image_size: int, batch_size: int, coun
     }
     prefix = f"{count}x{arch}@{image_size}/b{batch_size}"
     if compile:
-        compiled = TeacherEnsemble(teachers, compile=True)
+        compiled = TeacherEnsemble(teachers, fused=True, compile=True)
         start = time.perf_counter()
         with torch.no_grad(), autocast_for(device):
             compiled.forward_with_features(images)
