@@ -32,6 +32,24 @@ def distilled(fmnist_dir, tmp_path_factory):
     return runs, argv
 
 
+@pytest.mark.parametrize("loader", ["ffcv", "dali"])
+def test_distill_through_other_loaders(distilled, loader, tmp_path, monkeypatch, capsys):
+    """`rkd distill --loader ffcv|dali --magnitude 9` with the cached default teachers: a finished run."""
+    pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[loader])
+    monkeypatch.setenv("RKD_CACHE_DIR", str(tmp_path))
+    runs, argv = distilled
+    code, out, err = run_cli(["distill", "--data", argv[argv.index("--data") + 1], "--runs-dir", str(runs),
+                              "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--arch", "resnet8", "--loader", loader,
+                              "--magnitude", "9", "--name", f"via-{loader}", *TINY], capsys)
+    assert code == 0, err
+    assert "using cached default teacher" in out
+    data = json.loads((runs / f"via-{loader}" / "config.json").read_text())["data"]
+    assert data["loader"] == loader and data["augment"]["policy"] == "randaugment" and data["augment"]["magnitude"] == 9
+    epochs = [json.loads(line) for line in (runs / f"via-{loader}" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    assert len(epochs) == 1 and 0 <= epochs[0]["test_acc"] <= 1 and epochs[0]["images_per_s"] > 0
+
+
 def test_distill_writes_the_run_directory(distilled):
     runs, _ = distilled
     run = runs / "tiny"
