@@ -108,8 +108,9 @@ def write_outputs(points: Sequence[dict], folder: Path, description: str) -> str
                          f"{p:.3f} | **{name}** |")
     lines += ["", "## Per magnitude (mean ± std over seeds)", "", _table(rows), "",
               "Attention IoU is measured on augmented training images at each point's magnitude (threshold 0.4, "
-              "class-agnostic CAM); agreement, KL and MI on the clean test images (MI in nats, from the student × ensemble "
-              "contingency table over those images; the runs' own epoch records use the whole test set). Plots: `plots/*.png`; every number: `sweep.json`.", ""]
+              "class-agnostic CAM); agreement, KL and MI on the clean test images (MI in nats, from the student × "
+              "ensemble contingency table over those images; the runs' own epoch records use the whole test set). "
+              "Plots: `plots/*.png`; every number: `sweep.json`.", ""]
     report = "\n".join(lines)
     (folder / "report.md").write_text(report)
     return report

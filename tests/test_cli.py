@@ -39,8 +39,8 @@ def test_distill_through_other_loaders(distilled, loader, tmp_path, monkeypatch,
     monkeypatch.setenv("RKD_CACHE_DIR", str(tmp_path))
     runs, argv = distilled
     code, out, err = run_cli(["distill", "--data", argv[argv.index("--data") + 1], "--runs-dir", str(runs),
-                              "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--arch", "resnet8", "--loader", loader,
-                              "--magnitude", "9", "--name", f"via-{loader}", *TINY], capsys)
+                              "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--arch", "resnet8",
+                              "--loader", loader, "--magnitude", "9", "--name", f"via-{loader}", *TINY], capsys)
     assert code == 0, err
     assert "using cached default teacher" in out
     data = json.loads((runs / f"via-{loader}" / "config.json").read_text())["data"]
