@@ -73,9 +73,12 @@ def run_analyze(fmnist_dir, out, teachers, student, *extra):
 def test_identical_models_agree_perfectly(fmnist_dir, tmp_path, checkpoints):
     same = checkpoints[0]
     results = run_analyze(fmnist_dir, tmp_path, [same, same], same)
-    for key in ("iou_tt@0.4", "iou_tt_pooled_paper@0.6", "iou_st@0.4", "iou_all_teachers_pooled@0.4",
-                "soft_iou_tt", "agreement_st", "agreement_tt"):
+    for key in ("iou_tt@0.4", "iou_tt_pooled_paper@0.6", "iou_all_teachers_pooled@0.4", "soft_iou_tt",
+                "agreement_st", "agreement_tt"):
         assert results[key] == pytest.approx(1.0), key
+    # The teachers run through the ensemble's forward, the student through the plain model: rounding differences of
+    # ~1e-7 may flip a pixel that sits exactly at the threshold, so the student-teacher IoU is 1 to within 1e-3.
+    assert results["iou_st@0.4"] == pytest.approx(1.0, abs=1e-3)
     assert results["kl_teacher_student"] == pytest.approx(0.0, abs=1e-6)
     assert results["images"] == 128 and results["split"] == "test"
     assert (tmp_path / "attention_grid.png").stat().st_size > 1000
