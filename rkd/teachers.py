@@ -62,12 +62,17 @@ def train_teacher(options: JobOptions, role: str = "teacher") -> JobContext:
     return context
 
 
+def default_teacher_data(data: DataOptions) -> DataOptions:
+    """The default ensemble's training data: the whole train split, un-augmented (whatever the student uses)."""
+    return replace(data, augment=pipelines.AugmentSpec(), train_images=None)
+
+
 def default_teacher_runs(data: DataOptions, *, arch: str, count: int, runs_dir: str) -> list:
-    """Run directories of the default ensemble: seeds 0..count-1, un-augmented, under ``<runs_dir>/teachers/``."""
+    """Run directories of the default ensemble: seeds 0..count-1, under ``<runs_dir>/teachers/``."""
     kind = dataset_facts(data).kind
-    plain = replace(data, augment=pipelines.AugmentSpec())
     return [Path(runs_dir) / "teachers" / teacher_run_name(
-        JobOptions(data=plain, arch=arch, optim=OptimConfig(epochs=1), seed=seed), kind) for seed in range(count)]
+        JobOptions(data=default_teacher_data(data), arch=arch, optim=OptimConfig(epochs=1), seed=seed), kind)
+        for seed in range(count)]
 
 
 def default_teachers(data: DataOptions, *, arch: str, epochs: int, count: int, optim: OptimConfig, device: str,
@@ -81,7 +86,7 @@ def default_teachers(data: DataOptions, *, arch: str, epochs: int, count: int, o
             log(f"using cached default teacher {seed + 1}/{count}: {run}")
         else:
             log(f"training default teacher {seed + 1}/{count} ({arch}, {epochs} epochs; first use, cached in {run})")
-            train_teacher(JobOptions(data=replace(data, augment=pipelines.AugmentSpec()), arch=arch,
+            train_teacher(JobOptions(data=default_teacher_data(data), arch=arch,
                                      optim=replace(optim, epochs=epochs), seed=seed, device=device,
                                      runs_dir=str(run.parent), name=run.name, resume=True, progress=progress))
         paths.append(run / "checkpoints" / "best.pt")

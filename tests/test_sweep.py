@@ -38,7 +38,7 @@ def test_aggregate_mean_and_std():
 
 def sweep_argv(fmnist_dir, runs):
     return ["sweep", "--data", str(fmnist_dir), "--magnitudes", "0", "20", "--seeds", "0", "--epochs", "1",
-            "--arch", "resnet8", "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--train-images", "0",
+            "--arch", "resnet8", "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--train-images", "200",
             "--analysis-images", "64", "--batch-size", "64", "--runs-dir", str(runs), "--name", "s", "--no-progress",
             "--device", "cpu"]
 
@@ -55,6 +55,10 @@ def test_tiny_sweep_end_to_end_and_resume(fmnist_dir, tmp_path, capsys):
     assert all(0 <= p["iou_tt@0.4"] <= 1 and 0 <= p["agreement_st"] <= 1 for p in data["points"])
     report = (folder / "report.md").read_text()
     assert report.count("| default |") >= 6 and "verdict" in report
+    student_data = json.loads((folder / "distill-tdefault-m0-s0" / "config.json").read_text())["data"]
+    assert student_data["train_images"] == 200
+    for teacher in (tmp_path / "teachers").iterdir():   # the students' cut never reaches the cached default teachers
+        assert json.loads((teacher / "config.json").read_text())["data"]["train_images"] is None, teacher.name
     checkpoints = sorted(folder.rglob("last.pt"))
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
     capsys.readouterr()
