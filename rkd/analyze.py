@@ -89,7 +89,8 @@ def analyze(data: DataOptions, facts: DatasetFacts, teacher_paths: Sequence[Path
     clean = run_models(ensemble, student, analysis_loader(data, facts, options, device, pipelines.AugmentSpec()),
                        None, facts.image_size)
     teacher_aug, student_aug, labels = augmented
-    results = {"split": options.split, "images": len(labels), "augment": data.augment.to_dict(),
+    results = {"split": options.split, "images": len(labels), "max_images": options.max_images,
+               "seed": options.seed, "augment": data.augment.to_dict(),
                "cam": options.cam_mode, "thresholds": list(options.thresholds),
                "teachers": [p for p, _ in described], "student": str(student_path) if student_path else None,
                **meter.summary()}

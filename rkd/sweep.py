@@ -70,12 +70,17 @@ def teacher_sets(job: JobOptions, sweep: SweepOptions, folder: Path) -> dict:
     return sets
 
 
-def _analysis(data: DataOptions, teachers: list, student: Path, split: str, images: int, device, out: Path) -> dict:
-    """analysis.json of `out`, computed once."""
-    if not (out / "analysis.json").exists():
-        analyze(data, dataset_facts(data), teachers, student, AnalyzeOptions(split=split, max_images=images), device,
-                out)
-    return json.loads((out / "analysis.json").read_text())
+def _analysis(data: DataOptions, teachers: list, student: Path, split: str, images: int, seed: int, device,
+              out: Path) -> dict:
+    """analysis.json of `out`, computed once per (images, seed). The point's seed picks the images and their
+    augmentation draws, so seeds are independent repeats of the attention measurement too."""
+    stored = out / "analysis.json"
+    if stored.exists():
+        results = json.loads(stored.read_text())
+        if results.get("seed") == seed and results.get("max_images") == images:
+            return results
+    return analyze(data, dataset_facts(data), teachers, student,
+                   AnalyzeOptions(split=split, max_images=images, seed=seed), device, out)
 
 
 def _final_epoch(run: Path) -> dict:
@@ -94,10 +99,10 @@ def run_point(job: JobOptions, sweep: SweepOptions, folder: Path, teacher_set: s
     train_teacher(replace(point_job, name=control_name), role="control")
     student = folder / distill_name / "checkpoints" / "last.pt"
     device = resolve_device(job.device)
-    attention = _analysis(data, teachers, student, "train", sweep.analysis_images, device,
+    attention = _analysis(data, teachers, student, "train", sweep.analysis_images, seed, device,
                           folder / distill_name / "analysis-train-augmented")
     fidelity = _analysis(replace(data, augment=pipelines.AugmentSpec()), teachers, student, "test",
-                         sweep.analysis_images, device, folder / distill_name / "analysis-test-clean")
+                         sweep.analysis_images, seed, device, folder / distill_name / "analysis-test-clean")
     student_final, control_final = _final_epoch(folder / distill_name), _final_epoch(folder / control_name)
     return {
         "teachers": teacher_set, "magnitude": magnitude, "seed": seed,

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from rkd.cli import main
-from rkd.sweep_report import METRICS, aggregate, verdict
+from rkd.sweep_report import METRICS, aggregate, spearman_test, verdict
 
 
 def synthetic_points(values_by_magnitude):
@@ -17,17 +17,29 @@ def synthetic_points(values_by_magnitude):
     return points
 
 
+MAGNITUDES = (0, 5, 9, 15, 20, 25)
+# The iou_tt@0.4 means of a real 3-seed CPU sweep whose analysis reused one seed: three identical values per
+# magnitude. Over all 18 runs Spearman's test gave p = 0.043; over the 6 magnitudes it is 256/720.
+REPEATED_ACROSS_SEEDS = {m: [v] * 3 for m, v in zip(MAGNITUDES, (0.4132, 0.4129, 0.4143, 0.4160, 0.4038, 0.3934))}
+
+
 @pytest.mark.parametrize("values,expected", [
-    ({0: [0.80, 0.82], 10: [0.70, 0.71], 20: [0.60, 0.62]}, "supported"),
-    ({0: [0.60, 0.62], 10: [0.70, 0.71], 20: [0.80, 0.82]}, "contradicted"),
-    ({0: [0.70, 0.60], 10: [0.72, 0.61], 20: [0.66, 0.64]}, "inconclusive"),   # change within the seeds' spread
-    ({0: [0.7, 0.7], 10: [0.7, 0.7], 20: [0.7, 0.7]}, "inconclusive"),         # constant: rho undefined
-    ({0: [0.8], 10: [0.7], 20: [0.6]}, "inconclusive"),     # monotone but 3 points: exact p = 1/3
-    ({m: [0.9 - m / 100] for m in range(0, 30, 5)}, "supported"),   # 6 monotone points: exact p = 2/720
+    ({m: [0.9 - m / 100, 0.91 - m / 100] for m in MAGNITUDES}, "supported"),
+    ({m: [0.6 + m / 100, 0.61 + m / 100] for m in MAGNITUDES}, "contradicted"),
+    ({m: [0.70 - m / 1000, 0.60 - m / 1000] for m in MAGNITUDES}, "inconclusive"),   # change within the spread
+    ({m: [0.7, 0.7] for m in MAGNITUDES}, "inconclusive"),                               # constant: rho undefined
+    ({0: [0.8], 10: [0.7], 20: [0.6]}, "inconclusive"),     # monotone but 3 magnitudes: exact p = 2/6
+    ({m: [0.9 - m / 100] for m in MAGNITUDES}, "supported"),   # 6 monotone magnitudes, one seed: p = 2/720
+    (REPEATED_ACROSS_SEEDS, "inconclusive"),                   # seeds are repeats, not independent trend points
 ])
 def test_verdict_rule(values, expected):
-    points = synthetic_points(values)
-    assert verdict(points, aggregate(points), "iou_tt@0.4", -1)[0] == expected
+    assert verdict(aggregate(synthetic_points(values)), "iou_tt@0.4", -1)[0] == expected
+
+
+def test_spearman_permutation_test_is_exact_for_few_points():
+    rho, p = spearman_test(MAGNITUDES, [6, 5, 4, 3, 1, 2])
+    assert rho == pytest.approx(-0.9429, abs=1e-4) and p == pytest.approx(12 / 720)   # 12 of the 720 orders
+    assert spearman_test(MAGNITUDES, [6, 5, 4, 3, 2, 1])[1] == pytest.approx(2 / 720)
 
 
 def test_aggregate_mean_and_std():
@@ -37,7 +49,7 @@ def test_aggregate_mean_and_std():
 
 
 def sweep_argv(fmnist_dir, runs):
-    return ["sweep", "--data", str(fmnist_dir), "--magnitudes", "0", "20", "--seeds", "0", "--epochs", "1",
+    return ["sweep", "--data", str(fmnist_dir), "--magnitudes", "0", "20", "--seeds", "0", "1", "--epochs", "1",
             "--arch", "resnet8", "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--train-images", "200",
             "--analysis-images", "64", "--batch-size", "64", "--runs-dir", str(runs), "--name", "s", "--no-progress",
             "--device", "cpu"]
@@ -51,7 +63,11 @@ def test_tiny_sweep_end_to_end_and_resume(fmnist_dir, tmp_path, capsys):
                  "control-m0-s0/checkpoints/last.pt"):
         assert (folder / name).is_file(), name
     data = json.loads((folder / "sweep.json").read_text())
-    assert [p["magnitude"] for p in data["points"]] == [0, 20]
+    assert [(p["magnitude"], p["seed"]) for p in data["points"]] == [(0, 0), (0, 1), (20, 0), (20, 1)]
+    analyses = [json.loads((folder / f"distill-tdefault-m20-s{seed}" / "analysis-train-augmented" /
+                            "analysis.json").read_text()) for seed in (0, 1)]
+    assert [a["seed"] for a in analyses] == [0, 1]   # each seed draws its own images and augmentations ...
+    assert analyses[0]["iou_tt@0.4"] != analyses[1]["iou_tt@0.4"]   # ... so even the fixed teachers' IoU varies
     assert all(0 <= p["iou_tt@0.4"] <= 1 and 0 <= p["agreement_st"] <= 1 for p in data["points"])
     report = (folder / "report.md").read_text()
     assert report.count("| default |") >= 6 and "verdict" in report
