@@ -74,15 +74,13 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
-from .augment import make_policy
 from .device_stage import DeviceStage
 from .errors import ConfigError
 from .sampling import derive_seed, shard_indices, split_batches
 from .sources import ArraySource, FileSource, Source, open_source
 from .spec import AugmentSpec
+from .torch_backend import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION
 
-EVAL_CROP_FRACTION = 0.875  # the torch backend's
-ARRAY_CROP_PADDING = 4
 AUGMENT_BACKENDS = ("dali", "rkd")
 
 # ---------------------------------------------------------------- torchvision v2's augmentation space
@@ -397,7 +395,6 @@ class DALILoader:
         self._declarer: Optional[ThreadPoolExecutor] = None
         self._ahead: Optional[tuple] = None  # (epoch, future pipeline) declared in the background
         augment = augment if self.train else AugmentSpec()
-        make_policy(augment)  # the spec's validation, shared with pipelines.augment
         self.graph_augment = augment if augment.enabled and augment_backend == "dali" else None
         slow_graph = self.graph_augment is not None
         self.declare_ahead = slow_graph and self.device.type == "cuda" if declare_ahead is None else declare_ahead

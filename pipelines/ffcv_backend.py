@@ -44,7 +44,7 @@ from .errors import ConfigError
 from .sampling import derive_seed, shard_indices
 from .sources import Source, open_source, resolve_path
 from .spec import AugmentSpec
-from .torch_backend import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION, random_pad_crop_flip, resize_batch
+from .torch_backend import EVAL_CROP_FRACTION, array_batch_transform
 
 ORDERS = ("random", "quasi_random")
 RRC_SCALE = (0.08, 1.0)
@@ -259,8 +259,8 @@ class _SeededLoader(Loader):
 def open_beton(source: Union[str, Path, Source], split: str,
                **conversion) -> tuple[BetonInfo, Union[Source, BetonInfo]]:
     """(BetonInfo, Source or BetonInfo): a .beton path as is, anything else converted once into the cache."""
-    if isinstance(source, (str, Path)) and resolve_path(source).suffix == ".beton":
-        info = read_beton(resolve_path(source))
+    if isinstance(source, (str, Path)) and (path := resolve_path(source)).suffix == ".beton":
+        info = read_beton(path)
         return info, info
     opened = open_source(source, split)
     return cached_beton(opened, split, **conversion), opened
@@ -332,13 +332,8 @@ class FFCVLoader:
         self.epoch = epoch
 
     def _array_batch(self, images: torch.Tensor, batch_index: int) -> torch.Tensor:
-        images = images[:, :self.info.channels]
-        if images.shape[-1] != self.image_size:
-            images = resize_batch(images, self.image_size)
-        if self.train:
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank, batch_index))
-            images = random_pad_crop_flip(images, ARRAY_CROP_PADDING, generator)
-        return images
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank, batch_index))
+        return array_batch_transform(images[:, :self.info.channels], self.image_size, self.train, generator)
 
     def __iter__(self) -> Iterator:
         self._loader.next_epoch = self.epoch

@@ -62,6 +62,15 @@ def random_pad_crop_flip(images: torch.Tensor, padding: int, generator: torch.Ge
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def array_batch_transform(images: torch.Tensor, size: int, train: bool, generator: torch.Generator) -> torch.Tensor:
+    """The array sources' plain transform: resize to size×size if needed, then pad-crop + flip when training."""
+    if images.shape[-1] != size:
+        images = resize_batch(images, size)
+    if train:
+        images = random_pad_crop_flip(images, ARRAY_CROP_PADDING, generator)
+    return images
+
+
 class _DecodeFailure(str):
     """A worker's decode error, returned as a value so that the main process raises it as one line."""
 
@@ -98,11 +107,8 @@ class _BatchDataset(Dataset):
         return images, self.source.labels[indices]
 
     def _array_batch(self, indices: torch.Tensor) -> torch.Tensor:
-        images = self.source.images[indices]
-        if images.shape[-1] != self.image_size:
-            images = resize_batch(images, self.image_size)
-        if self.train:
-            images = random_pad_crop_flip(images, ARRAY_CROP_PADDING, torch.default_generator)
+        images = array_batch_transform(self.source.images[indices], self.image_size, self.train,
+                                       torch.default_generator)
         if self.worker_policy is not None:
             images = torch.stack([self.worker_policy(image) for image in images])
         return images

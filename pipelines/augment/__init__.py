@@ -13,7 +13,6 @@ from typing import Callable, Optional
 
 import torch
 
-from ..errors import ConfigError
 from ..spec import AugmentSpec
 from . import functional
 from .ops import OPS, apply_op, apply_slot
