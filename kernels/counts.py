@@ -36,7 +36,8 @@ class AttentionIoU(NamedTuple):
 _THRESHOLD_MAJOR = ("intersection", "all_intersection", "any_union")   # (K, B, ...): the batch is dim 1
 
 
-def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator in float64, and 1 where the denominator is 0 (two empty masks are identical)."""
     numerator, denominator = numerator.double(), denominator.double()
     return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), torch.ones_like(numerator))
 
@@ -58,10 +59,10 @@ def iou_from_counts(counts: IoUCounts, thresholds: torch.Tensor) -> AttentionIoU
     union = unions(counts.intersection)
     return AttentionIoU(
         thresholds=thresholds,
-        pairwise=_ratio(counts.intersection, union),
-        pooled=_ratio(counts.intersection.sum(1), union.sum(1)),
-        soft=_ratio(counts.soft_min, counts.soft_max),
-        all_models=_ratio(counts.all_intersection, counts.any_union),
-        all_models_pooled=_ratio(counts.all_intersection.sum(1), counts.any_union.sum(1)),
+        pairwise=ratio(counts.intersection, union),
+        pooled=ratio(counts.intersection.sum(1), union.sum(1)),
+        soft=ratio(counts.soft_min, counts.soft_max),
+        all_models=ratio(counts.all_intersection, counts.any_union),
+        all_models_pooled=ratio(counts.all_intersection.sum(1), counts.any_union.sum(1)),
         counts=counts,
     )

@@ -91,10 +91,9 @@ def _min_sum(p0, p1, p_sum, q0, q1, q_sum, n):
     if d_first >= 0.0 and d_last >= 0.0:
         return q_sum
     cross = d_first / (d_first - d_last) * (n - 1)      # where p - q changes sign, strictly inside (0, n - 1)
-    if d_first < 0.0:   # p is the smaller one up to the crossing
-        split = int(np.floor(cross)) + 1
-        return _line_sum(p0, p1, 0, split) + _line_sum(q0, q1, split, n)
     split = int(np.floor(cross)) + 1
+    if d_first < 0.0:   # p is the smaller one up to the crossing
+        return _line_sum(p0, p1, 0, split) + _line_sum(q0, q1, split, n)
     return _line_sum(q0, q1, 0, split) + _line_sum(p0, p1, split, n)
 
 
@@ -110,9 +109,10 @@ def _count_pixels(a, b, y, start, n, cuts_k, ytab, xtab, hist_kb):
 
 
 @njit(cache=True)
-def _soft_cell(rows, ends, b, c, s, y_first, y_end, cell_i0, cell_i1, w_top, w_bot, n, low, span, norm, sums,
+def _soft_cell(rows, ends, b, s, y_first, y_end, cell_i0, cell_i1, w_top, w_bot, n, low, span, norm, sums,
                soft_min, soft_max):
-    """Add cell (c, s)'s sums of min and max of every pair of normalized maps to image b's soft sums.
+    """Add the sums of min and max of every pair of normalized maps over one cell (x-segment s, output rows
+    y_first..y_end - 1) to image b's soft sums.
 
     In a cell every output row mixes the same two input rows: n = w0y P0(j) + w1y P1(j) with P0, P1 the
     normalized input-row lines and w0y, w1y >= 0. Where P_m - P_q has one sign at both ends of both input rows,
@@ -286,7 +286,7 @@ def _image(a, b, thresholds, ytab, xtab, xseg, yseg, repeats, deviation, hist, s
         for s in range(n_seg):
             n = seg_len[s]
             if soft_on_lines:
-                _soft_cell(rows, ends, b, c, s, y_first, y_end, yseg_i0[c], yseg_i1[c], yseg_w0[c], yseg_w1[c], n,
+                _soft_cell(rows, ends, b, s, y_first, y_end, yseg_i0[c], yseg_i1[c], yseg_w0[c], yseg_w1[c], n,
                            low, span, norm, sums, soft_min, soft_max)
             for k in range(n_thr):
                 # The whole cell at once when every map is certainly on or certainly off on all of it.

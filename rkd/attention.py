@@ -1,9 +1,10 @@
 """Attention agreement among teachers and between student and teachers, pooled over many batches.
 
 Models' class activation maps (from their own last feature maps and linear heads) go through
-`kernels.attention_iou` once per batch with the student (if any) stacked after the teachers, so every pair is
-counted in one call. Counts add up over batches: the paper's pooled IoU over a whole set is exact, and the
-per-image IoU is averaged over every image seen.
+`kernels.attention_iou` with the student (if any) stacked after the teachers, so every pair is counted in one
+call; with a student, a second call on the teachers alone gives the all-teachers intersection and union (the
+kernel's all-models counts would include the student). Counts add up over batches: the paper's pooled IoU over a
+whole set is exact, and the per-image IoU is averaged over every image seen.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from kernels import attention_iou
-from kernels.counts import unions
+from kernels.counts import ratio, unions
 
 from .cam import class_activation_maps
 
@@ -37,7 +38,7 @@ class AttentionMeter:
                  cam_mode: str = "agnostic", backend: str = "auto") -> None:
         self.thresholds, self.out_size, self.cam_mode, self.backend = tuple(thresholds), out_size, cam_mode, backend
         self.images = 0
-        self.pairwise_sum = self.intersection = self.union = self.soft_sum = None
+        self.pairwise_sum = self.intersection = self.soft_sum = None
         self.all_intersection = self.any_union = None
         self.num_teachers = 0
 
@@ -70,7 +71,6 @@ class AttentionMeter:
         batch = {
             "pairwise_sum": everyone.pairwise.sum(1),
             "intersection": everyone.counts.intersection.sum(1),
-            "union": unions(everyone.counts.intersection).sum(1),
             "soft_sum": everyone.soft.sum(0),
             "all_intersection": teachers.counts.all_intersection.sum(1),  # the teachers' alone, never the student's
             "any_union": teachers.counts.any_union.sum(1),
@@ -86,7 +86,7 @@ class AttentionMeter:
             return {}
         t = self.num_teachers
         per_image = self.pairwise_sum / self.images
-        pooled = torch.where(self.union > 0, self.intersection / self.union.clamp_min(1), torch.ones_like(self.union))
+        pooled = ratio(self.intersection, unions(self.intersection))
         soft = self.soft_sum / self.images
         pairs = list(combinations(range(t), 2))
         out = {"images": self.images}
@@ -95,8 +95,7 @@ class AttentionMeter:
             if pairs:
                 out[f"iou_tt{tag}"] = _mean_over(per_image[k], pairs)
                 out[f"iou_tt_pooled_paper{tag}"] = _mean_over(pooled[k], pairs)
-                all_pooled = self.all_intersection[k] / self.any_union[k] if self.any_union[k] > 0 else 1.0
-                out[f"iou_all_teachers_pooled{tag}"] = float(all_pooled)
+                out[f"iou_all_teachers_pooled{tag}"] = float(ratio(self.all_intersection[k], self.any_union[k]))
             if per_image.shape[-1] > t:
                 student_pairs = [(t, j) for j in range(t)]
                 out[f"iou_st{tag}"] = _mean_over(per_image[k], student_pairs)
