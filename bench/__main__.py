@@ -1,5 +1,5 @@
 """Run benchmarks by name: ``python -m bench loaders augment``, ``python -m bench --all``, or one benchmark with
-its own options: ``python -m bench loaders -- --backends torch ffcv``."""
+its own options: ``python -m bench loaders -- --backends torch,ffcv``."""
 from __future__ import annotations
 
 import importlib

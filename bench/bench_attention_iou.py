@@ -1,7 +1,7 @@
 """Attention IoU: our backends against the paper's per-image loop, measured in one run.
 
     python -m bench attention_iou            # T=3 maps, B=256 images, 7x7 -> 224x224, thresholds 0.2/0.4/0.6
-    python -m bench.bench_attention_iou --quick
+    python -m bench attention_iou -- --quick
 
 CPU: the paper's loop vs the PyTorch reference vs the Numba kernel (target: Numba >= 50x the paper's loop), with
 all cores, and once more on one thread each (per-core cost; also steadier on a machine shared with other jobs,

@@ -8,7 +8,7 @@ default), and FFCV's ImageNet recipe, half of them stored raw (`ffcv-proportion`
 Ratios: each backend / torch for both settings, and ffcv-augmented / ffcv-plain.
 
     python -m bench loaders                    # full run (what the reported numbers come from)
-    python -m bench.bench_loaders --quick --backends torch,ffcv --images 256
+    python -m bench loaders -- --quick --backends torch,ffcv --images 256
 """
 from __future__ import annotations
 
