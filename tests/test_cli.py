@@ -50,6 +50,23 @@ def test_distill_through_other_loaders(distilled, loader, tmp_path, monkeypatch,
     assert len(epochs) == 1 and 0 <= epochs[0]["test_acc"] <= 1 and epochs[0]["images_per_s"] > 0
 
 
+def test_distill_from_a_beton_file(distilled, tmp_path, capsys):
+    """`rkd distill --data X.beton --loader ffcv`: trains from the file, evaluates on the source its sidecar names."""
+    pytest.importorskip("ffcv")
+    from pipelines.beton import convert_to_beton
+
+    _, argv = distilled
+    source, runs = argv[argv.index("--data") + 1], tmp_path / "runs"
+    beton = convert_to_beton(source, tmp_path / "train.beton", progress=False).path
+    code, out, err = run_cli(["distill", "--data", str(beton), "--loader", "ffcv", "--runs-dir", str(runs),
+                              "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--arch", "resnet8",
+                              "--name", "from-beton", *TINY], capsys)
+    assert code == 0, err
+    epochs = [json.loads(line) for line in (runs / "from-beton" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    assert len(epochs) == 1 and 0 <= epochs[0]["test_acc"] <= 1
+
+
 def test_distill_writes_the_run_directory(distilled):
     runs, _ = distilled
     run = runs / "tiny"

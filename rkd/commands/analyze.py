@@ -7,7 +7,7 @@ import click
 
 from ..analyze import AnalyzeOptions, analyze
 from ..attention import CAM_MODES
-from ..data import DataOptions, dataset_facts
+from ..data import dataset_facts
 from ..defaults import DEFAULT_NUM_TEACHERS, defaults_for
 from ..distill import distill_run_name
 from ..distributed import resolve_device
@@ -15,7 +15,7 @@ from ..errors import RkdError
 from ..job import JobOptions
 from ..optim import OptimConfig
 from ..teachers import default_teacher_runs
-from .options import build_data_options, data_options
+from .options import build_data_options, data_options, dataset_kind
 
 
 def default_models(data, runs_dir: str) -> tuple:
@@ -56,7 +56,7 @@ def analyze_command(teachers, student, split, max_images, thresholds, cam_mode, 
                     **kw) -> None:
     """Teacher-teacher and student-teacher attention IoU, agreement, KL, MI and calibration, as JSON, Markdown
     and a PNG grid of attention masks."""
-    data = build_data_options(kw, defaults_for(dataset_facts(DataOptions(data=kw["data"])).kind), "randaugment")
+    data = build_data_options(kw, defaults_for(dataset_kind(kw)), "randaugment")
     if not teachers:
         teachers, default_student = default_models(data, runs_dir)
         student = student or default_student

@@ -92,13 +92,17 @@ def check_arch(name: str, flag: str = "--arch") -> str:
     return name
 
 
+def dataset_kind(kw: dict) -> str:
+    """The dataset kind named by the --data and --loader flags (before they are consumed), for its defaults."""
+    return dataset_facts(DataOptions(data=kw["data"], loader=kw["loader_backend"])).kind
+
+
 def build_job_options(kw: dict, default_policy: str, default_arch_key: str = "arch",
                       default_epochs_key: str = "epochs", extra: Optional[dict] = None) -> tuple:
     """(JobOptions, dataset defaults) from the shared flags; consumes them from `kw`."""
-    probe = DataOptions(data=kw["data"])
-    defaults = defaults_for(dataset_facts(probe).kind)
+    kind = dataset_kind(kw)
+    defaults = defaults_for(kind)
     data = build_data_options(kw, defaults, default_policy)
-    kind = dataset_facts(data).kind
     optim = OptimConfig(epochs=_pop_or(kw, "epochs", defaults[default_epochs_key]),
                         lr=_pop_or(kw, "lr", defaults["lr"]),
                         weight_decay=_pop_or(kw, "weight_decay", defaults["weight_decay"]),
