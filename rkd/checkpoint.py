@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -31,16 +32,38 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         raise
 
 
-def load_checkpoint(path: Path, flag: str = "checkpoint") -> dict:
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+DEFAULT_FIX = "restore a good copy, or re-create it (rkd train-teacher / rkd distill write checkpoints/best.pt)"
+
+
+def _unreadable_reason(path: Path, err: Exception) -> str:
+    """Our own words for why torch could not read `path` (torch's text is long and about other things)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "is empty"
+    if head != ZIP_MAGIC:
+        return "is not a torch checkpoint (it does not start as one: another kind of file, or overwritten)"
+    if isinstance(err, pickle.UnpicklingError):
+        return "holds Python objects beyond tensors and plain values, which rkd refuses to load (they could run code)"
+    if "central directory" in str(err) or isinstance(err, EOFError):
+        return "is truncated (an interrupted write or copy)"
+    return f"is corrupt ({type(err).__name__})"
+
+
+def load_checkpoint(path: Path, flag: str = "checkpoint", fix: str = DEFAULT_FIX) -> dict:
     """Read an rkd checkpoint (weights only); a missing, corrupt or foreign file is a one-line RkdError."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoints" / "best.pt"
+        hint = f"pass {inside}" if inside.is_file() else "pass a .pt file (a run's checkpoints/best.pt)"
+        raise RkdError(f"{flag}: {path} is a folder, not a checkpoint file: {hint}")
     if not path.is_file():
         raise RkdError(f"{flag}: {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise RkdError(f"{flag}: {path} is not a readable checkpoint ({reason}); re-create or re-copy it") from None
+        raise RkdError(f"{flag}: {path} {_unreadable_reason(path, err)}: {fix}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RkdError(f"{flag}: {path} is not an rkd checkpoint (no '{FORMAT}' marker)")
     return payload

@@ -7,6 +7,7 @@ import click
 
 from pipelines.errors import ConfigError
 
+from . import run_lock
 from .commands.analyze import analyze_command
 from .commands.convert import convert_command
 from .commands.photos import make_photo_tree_command
@@ -26,7 +27,9 @@ for command in (train_teacher_command, distill_command, analyze_command, sweep_c
 
 
 def main(argv=None) -> None:
-    """Entry point: runs the click group; usage errors and ConfigError become one line on stderr (exit 2)."""
+    """Entry point: runs the click group; usage errors and ConfigError become one line on stderr (exit 2).
+
+    The run folders the command owned are released when it ends (a process that dies releases them too)."""
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
@@ -44,3 +47,5 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; continue the run with --resume", err=True)
         sys.exit(130)
+    finally:
+        run_lock.release_all()

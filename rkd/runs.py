@@ -6,19 +6,24 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from . import run_lock
 from .errors import RkdError
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 class RunDir:
-    """One run's folder. Everything a figure or a resume needs is in it."""
+    """One run's folder, owned by one process while it runs. Everything a figure or a resume needs is in it."""
 
     RESUME_KEYS_IGNORED = ("resume", "name", "runs_dir", "workers", "progress")
+    TEMPORARY_PATTERNS = (".*.tmp", "checkpoints/.last.pt.*", "checkpoints/.best.pt.*")
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -29,31 +34,102 @@ class RunDir:
         self.metrics_file = self.path / "metrics.jsonl"
         self.config_file = self.path / "config.json"
 
+    @property
+    def started(self) -> bool:
+        """Whether a checkpoint exists: a run that failed before its first one has nothing to continue."""
+        return self.last.exists()
+
     def open(self, config: dict, resume: bool) -> None:
-        """Create the run, or check that a resumed run has the same configuration."""
+        """Own the folder, then create the run or check that a resumed run has the same configuration.
+
+        A folder without checkpoints/last.pt (a run that failed or was killed before its first checkpoint) is
+        started again with this command's configuration, with or without --resume."""
         config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
-        if self.config_file.exists():
+        run_lock.acquire(self.path)
+        self._remove_temporaries()
+        if self.started:
             if not resume:
                 raise RkdError(f"run directory {self.path} exists: pass --resume to continue it, or choose another --name")
-            saved = json.loads(self.config_file.read_text())
-            changed = sorted(k for k in set(saved) | set(config) if k not in self.RESUME_KEYS_IGNORED
-                             and saved.get(k) != config.get(k))
-            if changed:
-                raise RkdError(f"--resume: {self.config_file} differs from this command in {', '.join(changed)}; "
-                               "resume with the same options or choose another --name")
+            self._check_same_config(config)
+            self._repair_metrics()
             return
+        if self.config_file.exists():
+            print(f"run directory {self.path} has no checkpoint yet: starting it again with this command", flush=True)
+        for stale in (self.metrics_file, self.best):
+            stale.unlink(missing_ok=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.plots.mkdir(exist_ok=True)
         _write_atomic(self.config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
+    def close(self) -> None:
+        """Give up ownership of the folder (also dropped by the kernel when the process ends)."""
+        run_lock.release(self.path)
+
+    def _remove_temporaries(self) -> None:
+        """Temporary files of atomic writes that a kill interrupted (only the owner writes them, and it is us)."""
+        stale = [p for pattern in self.TEMPORARY_PATTERNS for p in self.path.glob(pattern) if p.is_file()]
+        for path in stale:
+            path.unlink()
+        if stale:
+            print(f"removed {len(stale)} temporary file(s) left in {self.path} by an interrupted run", flush=True)
+
+    def _check_same_config(self, config: dict) -> None:
+        try:
+            saved = json.loads(self.config_file.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            raise RkdError(f"--resume: {self.config_file} is unreadable ({str(err).splitlines()[0][:80]}): restore "
+                           "it from a copy, or delete the run directory to start afresh") from None
+        changed = sorted(k for k in set(saved) | set(config) if k not in self.RESUME_KEYS_IGNORED
+                         and saved.get(k) != config.get(k))
+        if changed:
+            raise RkdError(f"--resume: {self.config_file} differs from this command in {', '.join(changed)}; "
+                           "resume with the same options or choose another --name")
+
+    def _repair_metrics(self) -> None:
+        """Cut a torn last line of metrics.jsonl (a write cut by a kill), saying so in one line."""
+        if not self.metrics_file.exists():
+            return
+        data = self.metrics_file.read_bytes()
+        lines = data.splitlines(keepends=True)
+        if not lines:
+            return
+        last = lines[-1]
+        try:
+            torn = not last.endswith(b"\n") or not isinstance(json.loads(last), dict)
+        except ValueError:
+            torn = True
+        if torn:
+            with open(self.metrics_file, "r+b") as f:
+                f.truncate(len(data) - len(last))
+                os.fsync(f.fileno())
+            print(f"repaired {self.metrics_file}: dropped a torn last line ({len(last)} bytes) left by an "
+                  "interrupted write", flush=True)
+
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        """Add one record as one write, flushed to disk: a kill leaves at most a torn last line."""
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.metrics_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            while line:  # one write for a regular file; the loop only guards against a short write
+                line = line[os.write(fd, line):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def read_metrics(self, kind: Optional[str] = None) -> list:
         if not self.metrics_file.exists():
             return []
-        records = [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(self.metrics_file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise RkdError(f"{self.metrics_file} line {number} is not a JSON record: repair or delete that "
+                               "line (a torn last line is repaired by --resume)") from None
         return [r for r in records if kind is None or r.get("kind") == kind]
 
     def truncate_metrics(self, completed_epochs: int) -> None:

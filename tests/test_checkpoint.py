@@ -35,7 +35,7 @@ def test_truncated_file(tmp_path):
     saved_model(tmp_path / "m.pt")
     data = (tmp_path / "m.pt").read_bytes()
     (tmp_path / "m.pt").write_bytes(data[:len(data) // 2])
-    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+    with pytest.raises(ConfigError, match=r"m.pt is truncated \(an interrupted write or copy\): restore a good copy"):
         load_checkpoint(tmp_path / "m.pt")
 
 
@@ -47,7 +47,7 @@ def test_foreign_file(tmp_path):
 
 def test_pickled_code_is_refused(tmp_path):
     torch.save({"format": "rkd-checkpoint-v1", "obj": torch.nn.Linear(2, 2)}, tmp_path / "code.pt")
-    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+    with pytest.raises(ConfigError, match="holds Python objects beyond tensors and plain values, which rkd refuses"):
         load_checkpoint(tmp_path / "code.pt")
 
 
@@ -64,3 +64,27 @@ def test_architecture_mismatch(tmp_path):
     save_checkpoint(tmp_path / "m.pt", model_record(model, "resnet8", 10, 28, 1))
     with pytest.raises(ConfigError, match="weights do not fit architecture 'resnet8'"):
         load_model(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "is empty"),
+    (b"PK\x03\x04" + bytes(200), "is truncated"),
+    (b"#!/bin/sh\nrm -rf /\n", "is not a torch checkpoint"),
+    (bytes(range(256)) * 8, "is not a torch checkpoint"),
+])
+def test_unreadable_files_get_our_own_words(tmp_path, content, reason):
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_checkpoint(tmp_path / "x.pt", "--teachers")
+    message = str(caught.value)
+    assert message.startswith(f"--teachers: {tmp_path / 'x.pt'} {reason}") and "\n" not in message
+    assert "Weights only" not in message and "miniz" not in message
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    saved_model(tmp_path / "run" / "checkpoints" / "best.pt")
+    with pytest.raises(ConfigError, match=r"run is a folder, not a checkpoint file: pass .*run/checkpoints/best.pt"):
+        load_checkpoint(tmp_path / "run", "--teachers")
+    with pytest.raises(ConfigError, match="is a folder, not a checkpoint file: pass a .pt file"):
+        load_checkpoint(tmp_path, "--teachers")
+

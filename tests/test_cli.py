@@ -156,7 +156,7 @@ def test_mismatched_and_corrupt_teachers(fmnist_dir, tmp_path, capsys):
     corrupt.write_bytes(bad_teacher(tmp_path, 10).read_bytes()[:500])
     code, _, err = run_cli(["distill", "--data", str(fmnist_dir), "--runs-dir", str(tmp_path), "--name", "c",
                             "--teachers", str(corrupt), *TINY], capsys)
-    assert code == 2 and "is not a readable checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "is truncated (an interrupted write or copy)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_malformed_data_folder(tmp_path, capsys):

@@ -16,6 +16,7 @@ from ..job import JobOptions
 from ..optim import OptimConfig
 from ..teachers import default_teacher_runs
 from .options import build_data_options, data_options, dataset_kind
+from .validate import Device, Real, WritableFolder
 
 
 def default_models(data, runs_dir: str) -> tuple:
@@ -41,17 +42,17 @@ def default_models(data, runs_dir: str) -> tuple:
               help="Student checkpoint [the main job's student, when --teachers is not given either].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--max-images", type=click.IntRange(1), default=2000, show_default=True)
-@click.option("--thresholds", type=float, multiple=True, default=(0.4,), show_default=True,
+@click.option("--thresholds", type=Real(0, 1), multiple=True, default=(0.4,), show_default=True,
               help="Mask thresholds after min-max normalization (repeat).")
 @click.option("--cam", "cam_mode", type=click.Choice(CAM_MODES), default="agnostic", show_default=True,
               help="Class-agnostic CAM (sum over classes, the paper) or the target / predicted class's.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "numba", "triton"]), default="auto",
               show_default=True, help="Attention-IoU kernel.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--out", type=WritableFolder(Path), default=None,
               help="Output folder [runs/analysis/<split>-<policy>-m<magnitude>].")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, type=Device())
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def analyze_command(teachers, student, split, max_images, thresholds, cam_mode, backend, runs_dir, out, device, seed,
                     **kw) -> None:
     """Teacher-teacher and student-teacher attention IoU, agreement, KL, MI and calibration, as JSON, Markdown
@@ -60,8 +61,6 @@ def analyze_command(teachers, student, split, max_images, thresholds, cam_mode, 
     if not teachers:
         teachers, default_student = default_models(data, runs_dir)
         student = student or default_student
-    if any(not 0 <= t <= 1 for t in thresholds):
-        raise click.BadParameter(f"thresholds must lie in [0, 1], got {list(thresholds)}", param_hint="--thresholds")
     options = AnalyzeOptions(split=split, max_images=max_images, thresholds=tuple(thresholds), cam_mode=cam_mode,
                              seed=seed, backend=backend)
     out = out or Path(runs_dir) / "analysis" / f"{split}-{data.augment.policy}-m{data.augment.magnitude}"

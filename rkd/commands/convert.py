@@ -7,10 +7,12 @@ import click
 
 from pipelines.errors import ConfigError
 
+from .validate import WritableFile
+
 
 @click.command("convert")
 @click.argument("source")
-@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("out", type=WritableFile(Path))
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test", "val"]))
 @click.option("--max-resolution", type=click.IntRange(1), default=None,
               help="Cap the longer image side (downscale only).  [default: keep]")

@@ -14,7 +14,8 @@ from ..defaults import STEP_MILESTONES, defaults_for
 from ..job import JobOptions
 from ..models import is_known
 from ..optim import SCHEDULES, OptimConfig
-from ..errors import RkdError
+from ..errors import ConfigError, RkdError
+from .validate import Device, Real, WritableFolder, check_cache_dir, in_flag_words
 
 
 def _stack(decorators: list) -> Callable:
@@ -32,37 +33,39 @@ data_options = _stack([
     click.option("--policy", default=None, type=click.Choice(POLICIES),
                  help="Augmentation policy applied per image on the device [distill: randaugment, "
                       "train-teacher: none]."),
-    click.option("--magnitude", default=9, show_default=True, type=int,
+    click.option("--magnitude", default=9, show_default=True, type=click.IntRange(0),
                  help="Augmentation magnitude: a bin in 0..num-magnitude-bins-1 (torchvision's meaning)."),
-    click.option("--num-ops", default=2, show_default=True, type=int, help="RandAugment ops per image."),
-    click.option("--num-magnitude-bins", default=31, show_default=True, type=int),
-    click.option("--magnitude-std", default=0.0, show_default=True, type=float,
+    click.option("--num-ops", default=2, show_default=True, type=click.IntRange(1), help="RandAugment ops per image."),
+    click.option("--num-magnitude-bins", default=31, show_default=True, type=click.IntRange(2)),
+    click.option("--magnitude-std", default=0.0, show_default=True, type=Real(0),
                  help="Per-image magnitude noise (timm's mstd)."),
     click.option("--autoaugment-policy", default="imagenet", show_default=True,
                  type=click.Choice(AUTOAUGMENT_POLICIES)),
-    click.option("--cutout", default=0, show_default=True, type=int, help="Cutout hole side in pixels (0: off)."),
-    click.option("--batch-size", type=int, default=None, help="Per-process batch size [dataset default]."),
-    click.option("--image-size", type=int, default=None, help="Training resolution [native; 224 for JPEG trees]."),
-    click.option("--workers", type=int, default=None, help="Data loader worker processes [auto]."),
+    click.option("--cutout", default=0, show_default=True, type=click.IntRange(0),
+                 help="Cutout hole side in pixels (0: off)."),
+    click.option("--batch-size", type=click.IntRange(1), default=None, help="Per-process batch size [dataset default]."),
+    click.option("--image-size", type=click.IntRange(1), default=None,
+                 help="Training resolution [native; 224 for JPEG trees]."),
+    click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes [auto]."),
 ])
 
 model_options = _stack([
     click.option("--arch", default=None, help="Model: a CIFAR ResNet (resnet8, resnet20, ...) or a timm name "
                                               "[dataset default]."),
-    click.option("--epochs", type=int, default=None, help="Epochs [dataset default]."),
-    click.option("--lr", type=float, default=None, help="Peak learning rate [dataset default]."),
-    click.option("--weight-decay", type=float, default=None),
-    click.option("--warmup-epochs", type=float, default=None),
+    click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [dataset default]."),
+    click.option("--lr", type=Real(positive=True), default=None, help="Peak learning rate [dataset default]."),
+    click.option("--weight-decay", type=Real(0), default=None),
+    click.option("--warmup-epochs", type=Real(0), default=None),
     click.option("--schedule", type=click.Choice(SCHEDULES), default=None),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+    click.option("--device", default="auto", show_default=True, type=Device(), help="auto, cpu, cuda, cuda:1 ..."),
     click.option("--no-amp", is_flag=True, help="Disable bf16 autocast on CUDA."),
-    click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False)),
+    click.option("--runs-dir", default="runs", show_default=True, type=WritableFolder()),
     click.option("--no-progress", is_flag=True, help="No progress bars."),
 ])
 
 run_options = _stack([
     model_options,
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
     click.option("--name", default=None, help="Run directory name [derived from the options]."),
     click.option("--resume", is_flag=True, help="Continue the run in an existing run directory."),
 ])
@@ -76,10 +79,15 @@ def _pop_or(kw: dict, key: str, default):
 
 def build_data_options(kw: dict, dataset_defaults: dict, default_policy: str) -> DataOptions:
     """DataOptions from the shared data flags (consumes them from `kw`)."""
-    augment = pipelines.AugmentSpec(policy=_pop_or(kw, "policy", default_policy), magnitude=kw.pop("magnitude"),
-                                    num_ops=kw.pop("num_ops"), num_magnitude_bins=kw.pop("num_magnitude_bins"),
-                                    magnitude_std=kw.pop("magnitude_std"),
-                                    autoaugment_policy=kw.pop("autoaugment_policy"), cutout=kw.pop("cutout"))
+    try:
+        augment = pipelines.AugmentSpec(policy=_pop_or(kw, "policy", default_policy), magnitude=kw.pop("magnitude"),
+                                        num_ops=kw.pop("num_ops"), num_magnitude_bins=kw.pop("num_magnitude_bins"),
+                                        magnitude_std=kw.pop("magnitude_std"),
+                                        autoaugment_policy=kw.pop("autoaugment_policy"), cutout=kw.pop("cutout"))
+    except ConfigError as err:  # a combination of flags (e.g. --magnitude beyond --num-magnitude-bins)
+        raise RkdError(in_flag_words(str(err))) from None
+    if kw["loader_backend"] == "ffcv":
+        check_cache_dir()
     return DataOptions(data=kw.pop("data"), loader=kw.pop("loader_backend"),
                        batch_size=_pop_or(kw, "batch_size", dataset_defaults["batch_size"]),
                        image_size=kw.pop("image_size"), augment=augment, workers=kw.pop("workers"))
@@ -109,8 +117,6 @@ def build_job_options(kw: dict, default_policy: str, default_arch_key: str = "ar
                         warmup_epochs=_pop_or(kw, "warmup_epochs", defaults["warmup_epochs"]),
                         schedule=_pop_or(kw, "schedule", defaults["schedule"]),
                         milestones=STEP_MILESTONES.get(kind, (0.5, 0.75)))
-    if optim.epochs < 1:
-        raise RkdError(f"--epochs must be at least 1, got {optim.epochs}")
     job = JobOptions(data=data, arch=check_arch(_pop_or(kw, "arch", defaults[default_arch_key])), optim=optim,
                      seed=kw.pop("seed"), device=kw.pop("device"), runs_dir=kw.pop("runs_dir"), name=kw.pop("name"),
                      resume=kw.pop("resume"), amp=not kw.pop("no_amp"), progress=not kw.pop("no_progress"),

@@ -6,6 +6,7 @@ from dataclasses import replace
 import click
 from click.core import ParameterSource
 
+from .. import run_lock
 from ..defaults import DEFAULT_NUM_TEACHERS
 from ..distributed import resolve_device
 from ..sweep import KD_LOSSES, SweepOptions, run_sweep, sweep_folder
@@ -35,7 +36,7 @@ CPU_SWEEP_TRAIN_IMAGES = 5000
 @click.option("--analysis-images", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--num-teachers", type=click.IntRange(1), default=DEFAULT_NUM_TEACHERS, show_default=True)
 @click.option("--teacher-arch", default=None, help="Teachers' architecture [dataset default].")
-@click.option("--teacher-epochs", type=int, default=None, help="Teachers' epochs [dataset default].")
+@click.option("--teacher-epochs", type=click.IntRange(1), default=None, help="Teachers' epochs [dataset default].")
 def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_images, analysis_images, num_teachers,
                   teacher_arch, teacher_epochs, **kw) -> None:
     """The paper's study over augmentation magnitudes: per magnitude and seed, a distilled student, a
@@ -55,12 +56,15 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
         if not 0 <= magnitude < job.data.augment.num_magnitude_bins:
             raise click.BadParameter(f"magnitude {magnitude} is outside 0..{job.data.augment.num_magnitude_bins - 1}",
                                      param_hint="--magnitudes")
+    if min(seeds) < 0:
+        raise click.BadParameter(f"seed {min(seeds)} is negative; use seeds >= 0", param_hint="--seeds")
     sweep = SweepOptions(magnitudes=tuple(magnitudes), seeds=tuple(seeds),
                          teacher_magnitudes=tuple(teacher_magnitudes or ()), kd_loss=kd_loss,
                          analysis_images=analysis_images, num_teachers=num_teachers,
                          teacher_arch=check_arch(teacher_arch or defaults["teacher_arch"], "--teacher-arch"),
                          teacher_epochs=teacher_epochs or defaults["teacher_epochs"])
     folder = sweep_folder(job.runs_dir, name, job, sweep)
+    run_lock.acquire(folder, "sweep folder")  # held until the command ends: one sweep per folder at a time
     points = run_sweep(job, sweep, folder)
     description = (f"Data `{job.data.data}`, loader `{job.data.loader}`, policy `{job.data.augment.policy}`, "
                    f"student `{job.arch}` ({job.optim.epochs} epochs on "

@@ -11,6 +11,7 @@ from ..ensemble import TEACHER_BN_MODES
 from ..losses import KD_MODES
 from ..teachers import default_teachers, train_teacher
 from .options import build_job_options, check_arch, data_options, run_options
+from .validate import Real
 
 
 @click.command("train-teacher")
@@ -30,12 +31,12 @@ def train_teacher_command(**kw) -> None:
 @run_options
 @click.option("--teachers", multiple=True, type=click.Path(path_type=Path),
               help="Teacher checkpoint (repeat for an ensemble) [the dataset's default ensemble, trained on first use].")
-@click.option("--num-teachers", type=int, default=DEFAULT_NUM_TEACHERS, show_default=True,
+@click.option("--num-teachers", type=click.IntRange(1), default=DEFAULT_NUM_TEACHERS, show_default=True,
               help="Size of the default ensemble when --teachers is not given.")
 @click.option("--teacher-arch", default=None, help="Architecture of the default teachers [dataset default].")
-@click.option("--teacher-epochs", type=int, default=None, help="Epochs of the default teachers [dataset default].")
-@click.option("--alpha", type=float, default=0.6, show_default=True, help="Weight of cross-entropy vs KD.")
-@click.option("--temperature", type=float, default=3.0, show_default=True)
+@click.option("--teacher-epochs", type=click.IntRange(1), default=None, help="Epochs of the default teachers [dataset default].")
+@click.option("--alpha", type=Real(0, 1), default=0.6, show_default=True, help="Weight of cross-entropy vs KD.")
+@click.option("--temperature", type=Real(positive=True), default=3.0, show_default=True)
 @click.option("--kd-mode", type=click.Choice(KD_MODES), default="per-teacher", show_default=True,
               help="Mean over teachers of the KD loss (paper), or KD against the averaged teacher probabilities.")
 @click.option("--teacher-bn", type=click.Choice(TEACHER_BN_MODES), default="eval", show_default=True,
@@ -53,13 +54,7 @@ def distill_command(teachers, num_teachers, teacher_arch, teacher_epochs, alpha,
     kd = KDOptions(alpha=alpha, temperature=temperature, mode=kd_mode, teacher_bn=teacher_bn,
                    compile=compile_teachers, fusion=teacher_fusion, metrics_every=metrics_every)
     job, defaults = build_job_options(kw, default_policy="randaugment", extra={"kd": kd.__dict__})
-    if not 0.0 <= alpha <= 1.0:
-        raise click.BadParameter(f"must be in [0, 1], got {alpha}", param_hint="--alpha")
-    if temperature <= 0:
-        raise click.BadParameter(f"must be positive, got {temperature}", param_hint="--temperature")
     if not teachers:
-        if num_teachers < 1:
-            raise click.BadParameter(f"must be at least 1, got {num_teachers}", param_hint="--num-teachers")
         teachers = default_teachers(job.data, arch=check_arch(teacher_arch or defaults["teacher_arch"],
                                                               "--teacher-arch"),
                                     epochs=teacher_epochs or defaults["teacher_epochs"], count=num_teachers,
