@@ -19,22 +19,11 @@ from pipelines.errors import ConfigError
 from rkd import run_lock
 from rkd.cli import main
 from rkd.runs import RunDir
-
-TINY = ["--epochs", "1", "--batch-size", "64", "--no-progress", "--device", "cpu"]
-
-
-def run_cli(argv, capsys):
-    """Run `rkd argv` in-process; returns (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from test_cli import TINY, run_cli
 
 
 def one_line_error(code, err, *fragments):
+    """Exit 2 and one line on stderr, no traceback, holding every fragment."""
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     for fragment in fragments:
@@ -264,7 +253,8 @@ def test_corrupt_or_hostile_teachers_file(fmnist_dir, finished, tmp_path, capsys
     torch.save({"format": "rkd-checkpoint-v1", "model": torch.nn.Linear(2, 2)}, hostile)
     noise = tmp_path / "noise.pt"
     noise.write_bytes(os.urandom(1000))
-    for path, reason in ((hostile, "holds Python objects beyond tensors and plain values, which rkd refuses"), (noise, "is not a torch checkpoint"),
+    for path, reason in ((hostile, "holds Python objects beyond tensors and plain values, which rkd refuses"),
+                         (noise, "is not a torch checkpoint"),
                          (runs / "done", f"is a folder, not a checkpoint file: pass {runs / 'done'}/checkpoints")):
         code, _, err = run_cli(["distill", "--data", str(fmnist_dir), "--runs-dir", str(tmp_path), "--teachers",
                                 str(path), "--arch", "resnet8", *TINY], capsys)
@@ -322,7 +312,7 @@ DISTILL_FLAGS = [
     (["--epochs", "-5"], "'--epochs': -5 is not in the range x>=1"),
     (["--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
     (["--batch-size", "-64"], "'--batch-size': -64 is not in the range x>=1"),
-    (["--magnitude", "-3"], "'--magnitude': -3 is not in the range x>=0"),
+    (["--magnitude", "-3"], "--magnitude -3 is outside 0..30"),
     (["--magnitude", "31"], "--magnitude 31 is outside 0..30"),
     (["--magnitude", "12", "--num-magnitude-bins", "10"], "--magnitude 12 is outside 0..9"),
     (["--num-magnitude-bins", "1"], "'--num-magnitude-bins': 1 is not in the range x>=2"),
@@ -418,3 +408,17 @@ def test_batch_larger_than_the_training_set(fmnist_dir, tmp_path, capsys):
     code, _, err = run_cli(teacher_argv(fmnist_dir, tmp_path, "t", "--batch-size", "257"), capsys)  # 256 images
     one_line_error(code, err, "--batch-size 257 is larger than this process's share of the training images")
     assert not (tmp_path / "t" / "metrics.jsonl").exists(), "refused before any epoch"
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two': expected a whole number >= 0"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0: expected at least 1"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 does not fit WORLD_SIZE=2: expected 0..1"),
+    ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1': expected a whole number >= 0"),
+    ({"LOCAL_RANK": "x"}, "LOCAL_RANK='x': expected a whole number >= 0"),
+])
+def test_bad_launch_environment(fmnist_dir, tmp_path, capsys, monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = run_cli(teacher_argv(fmnist_dir, tmp_path), capsys)
+    one_line_error(code, err, message)

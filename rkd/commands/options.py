@@ -15,7 +15,7 @@ from ..job import JobOptions
 from ..models import is_known
 from ..optim import SCHEDULES, OptimConfig
 from ..errors import ConfigError, RkdError
-from .validate import Device, Real, WritableFolder, check_cache_dir, in_flag_words
+from .validate import Device, Real, WritableFolder, check_cache_dir, check_launch_env, in_flag_words
 
 
 def _stack(decorators: list) -> Callable:
@@ -33,7 +33,7 @@ data_options = _stack([
     click.option("--policy", default=None, type=click.Choice(POLICIES),
                  help="Augmentation policy applied per image on the device [distill: randaugment, "
                       "train-teacher: none]."),
-    click.option("--magnitude", default=9, show_default=True, type=click.IntRange(0),
+    click.option("--magnitude", default=9, show_default=True, type=int,  # range: build_data_options
                  help="Augmentation magnitude: a bin in 0..num-magnitude-bins-1 (torchvision's meaning)."),
     click.option("--num-ops", default=2, show_default=True, type=click.IntRange(1), help="RandAugment ops per image."),
     click.option("--num-magnitude-bins", default=31, show_default=True, type=click.IntRange(2)),
@@ -43,7 +43,8 @@ data_options = _stack([
                  type=click.Choice(AUTOAUGMENT_POLICIES)),
     click.option("--cutout", default=0, show_default=True, type=click.IntRange(0),
                  help="Cutout hole side in pixels (0: off)."),
-    click.option("--batch-size", type=click.IntRange(1), default=None, help="Per-process batch size [dataset default]."),
+    click.option("--batch-size", type=click.IntRange(1), default=None,
+                 help="Per-process batch size [dataset default]."),
     click.option("--image-size", type=click.IntRange(1), default=None,
                  help="Training resolution [native; 224 for JPEG trees]."),
     click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes [auto]."),
@@ -108,6 +109,7 @@ def dataset_kind(kw: dict) -> str:
 def build_job_options(kw: dict, default_policy: str, default_arch_key: str = "arch",
                       default_epochs_key: str = "epochs", extra: Optional[dict] = None) -> tuple:
     """(JobOptions, dataset defaults) from the shared flags; consumes them from `kw`."""
+    check_launch_env()
     kind = dataset_kind(kw)
     defaults = defaults_for(kind)
     data = build_data_options(kw, defaults, default_policy)

@@ -34,7 +34,8 @@ def train_teacher_command(**kw) -> None:
 @click.option("--num-teachers", type=click.IntRange(1), default=DEFAULT_NUM_TEACHERS, show_default=True,
               help="Size of the default ensemble when --teachers is not given.")
 @click.option("--teacher-arch", default=None, help="Architecture of the default teachers [dataset default].")
-@click.option("--teacher-epochs", type=click.IntRange(1), default=None, help="Epochs of the default teachers [dataset default].")
+@click.option("--teacher-epochs", type=click.IntRange(1), default=None,
+              help="Epochs of the default teachers [dataset default].")
 @click.option("--alpha", type=Real(0, 1), default=0.6, show_default=True, help="Weight of cross-entropy vs KD.")
 @click.option("--temperature", type=Real(positive=True), default=3.0, show_default=True)
 @click.option("--kd-mode", type=click.Choice(KD_MODES), default="per-teacher", show_default=True,

@@ -136,6 +136,26 @@ def check_cache_dir() -> None:
                        "(default ~/.cache/rkd)")
 
 
+LAUNCH_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")  # set by torchrun, read as integers by rkd.distributed
+
+
+def check_launch_env() -> None:
+    """Refuse torchrun's variables when they are not counts that fit together (RANK below WORLD_SIZE)."""
+    values = {}
+    for name in LAUNCH_ENV:
+        value = os.environ.get(name)
+        if value is not None and not value.strip().isdigit():
+            raise RkdError(f"{name}={value!r}: expected a whole number >= 0 (torchrun sets it); unset it to run "
+                           "one process")
+        values[name] = int(value) if value is not None else None
+    world, rank = values["WORLD_SIZE"], values["RANK"]
+    if world is not None and world < 1:
+        raise RkdError(f"WORLD_SIZE={world}: expected at least 1; unset it to run one process")
+    if world is not None and world > 1 and (rank is None or rank >= world):
+        raise RkdError(f"RANK={os.environ.get('RANK')} does not fit WORLD_SIZE={world}: expected 0..{world - 1} "
+                       "(launch with torchrun)")
+
+
 AUGMENT_FLAGS = ("magnitude_std", "num_magnitude_bins", "num_ops", "autoaugment_policy", "cutout", "magnitude")
 
 
