@@ -16,7 +16,7 @@ from ..job import JobOptions
 from ..optim import OptimConfig
 from ..teachers import default_teacher_runs
 from .options import build_data_options, data_options, dataset_kind
-from .validate import Device, Real, WritableFolder
+from .validate import Device, WritableFolder
 
 
 def default_models(data, runs_dir: str) -> tuple:
@@ -42,7 +42,7 @@ def default_models(data, runs_dir: str) -> tuple:
               help="Student checkpoint [the main job's student, when --teachers is not given either].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--max-images", type=click.IntRange(1), default=2000, show_default=True)
-@click.option("--thresholds", type=Real(0, 1), multiple=True, default=(0.4,), show_default=True,
+@click.option("--thresholds", type=float, multiple=True, default=(0.4,), show_default=True,
               help="Mask thresholds after min-max normalization (repeat).")
 @click.option("--cam", "cam_mode", type=click.Choice(CAM_MODES), default="agnostic", show_default=True,
               help="Class-agnostic CAM (sum over classes, the paper) or the target / predicted class's.")
@@ -57,6 +57,8 @@ def analyze_command(teachers, student, split, max_images, thresholds, cam_mode, 
                     **kw) -> None:
     """Teacher-teacher and student-teacher attention IoU, agreement, KL, MI and calibration, as JSON, Markdown
     and a PNG grid of attention masks."""
+    if any(not 0 <= t <= 1 for t in thresholds):  # NaN too; checked before any work
+        raise click.BadParameter(f"thresholds must lie in [0, 1], got {list(thresholds)}", param_hint="--thresholds")
     data = build_data_options(kw, defaults_for(dataset_kind(kw)), "randaugment")
     if not teachers:
         teachers, default_student = default_models(data, runs_dir)
