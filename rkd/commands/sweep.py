@@ -4,11 +4,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import click
+import torch
 from click.core import ParameterSource
 
 from ..defaults import DEFAULT_NUM_TEACHERS
 from ..distributed import resolve_device
-from ..sweep import KD_LOSSES, SweepOptions, run_sweep, sweep_folder
+from ..sweep import KD_LOSSES, SweepOptions, grid, run_sweep, sweep_folder
+from ..sweep_executors import EXECUTORS, make_executor
+from ..sweep_status import describe, read_plan
 from ..sweep_report import write_outputs
 from .multi_value import ManyValues
 from .options import build_job_options, check_arch, data_options, model_options
@@ -36,8 +39,19 @@ CPU_SWEEP_TRAIN_IMAGES = 5000
 @click.option("--num-teachers", type=click.IntRange(1), default=DEFAULT_NUM_TEACHERS, show_default=True)
 @click.option("--teacher-arch", default=None, help="Teachers' architecture [dataset default].")
 @click.option("--teacher-epochs", type=int, default=None, help="Teachers' epochs [dataset default].")
+@click.option("--executor", type=click.Choice(list(EXECUTORS)), default="sequential", show_default=True,
+              help="sequential: one job after the other in this process; ray: each job a Ray task (one GPU each "
+                   "where the cluster has GPUs), run in parallel (pip install 'rkd[ray]').")
+@click.option("--ray-address", default=None, metavar="HOST:PORT",
+              help="Join this Ray cluster (every node sees --runs-dir and --data at the same paths) [a local Ray "
+                   "instance on this machine's CPUs and GPUs, for the sweep's duration].")
+@click.option("--cpus-per-point", type=click.IntRange(1), default=None,
+              help="Torch CPU threads of every job, and the CPUs a Ray task asks for on a cluster without GPUs. "
+                   "CPU results depend on it, so executors agree at the same value [this process's torch threads].")
+@click.option("--status", "show_status", is_flag=True,
+              help="Show which points of the sweep folder are done, running, failed and left, then exit.")
 def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_images, analysis_images, num_teachers,
-                  teacher_arch, teacher_epochs, **kw) -> None:
+                  teacher_arch, teacher_epochs, executor, ray_address, cpus_per_point, show_status, **kw) -> None:
     """The paper's study over augmentation magnitudes: per magnitude and seed, a distilled student, a
     cross-entropy control, attention IoU and fidelity; a table, plots and a report of which claims hold.
     Resumable: finished runs are reused. On the CPU the defaults are cut to fit 30 minutes on 2 cores
@@ -61,7 +75,19 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
                          teacher_arch=check_arch(teacher_arch or defaults["teacher_arch"], "--teacher-arch"),
                          teacher_epochs=teacher_epochs or defaults["teacher_epochs"])
     folder = sweep_folder(job.runs_dir, name, job, sweep)
-    points = run_sweep(job, sweep, folder)
+    if show_status:
+        plan = read_plan(folder) or [{"label": p.label, "jobs": list(p.jobs.values())} for p in grid(sweep)]
+        click.echo(describe(folder, plan))
+        return
+    if executor == "ray" and job.device not in ("auto", "cuda", "cpu"):
+        raise click.BadParameter("Ray gives every task its own GPU: use auto, cuda or cpu", param_hint="--device")
+    runner = make_executor(executor, cpus_per_point or torch.get_num_threads(), ray_address,
+                           use_gpus=job.device != "cpu")
+    result = run_sweep(job, sweep, folder, runner)
+    if not result.points:
+        raise click.ClickException(f"no sweep point finished ({len(result.failed)} jobs failed); see "
+                                   "the lines above, or rkd sweep --status with the same options")
+    points = result.points
     description = (f"Data `{job.data.data}`, loader `{job.data.loader}`, policy `{job.data.augment.policy}`, "
                    f"student `{job.arch}` ({job.optim.epochs} epochs on "
                    f"{train_images or 'all'} training images), KD loss `{kd_loss}`, seeds {list(seeds)}, "
@@ -69,3 +95,7 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
                    f"{analysis_images} images.")
     click.echo(write_outputs(points, folder, description))
     click.echo(f"sweep folder: {folder}")
+    if result.failed:
+        raise click.ClickException(f"{len(result.failed)} sweep jobs failed ({', '.join(sorted(result.failed))}); "
+                                   f"the report covers the {len(points)} finished points; rerun the same command "
+                                   "to retry them (finished runs are reused)")
