@@ -4,6 +4,7 @@ For every teacher set (the default un-augmented ensemble, or ensembles trained a
 student magnitude and every seed: distill a student, train a cross-entropy-only control student, and measure
 attention IoU (on augmented training images) and fidelity (on the clean test set). Every piece lives in its own run
 directory under the sweep folder and is reused when present, so an interrupted sweep resumes where it stopped.
+The pieces are jobs for an executor (`sweep_executors`): one after the other here, or in parallel on Ray.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .distributed import log, resolve_device
 from .job import JobOptions
 from .runs import RunDir
 from .sweep_executors import Job, SequentialExecutor
-from .sweep_status import Progress, mark, tracked, write_plan
+from .sweep_status import Progress, forget_unfinished, mark, tracked, write_plan
 from .teachers import default_teachers, train_teacher
 
 KD_LOSSES = {
@@ -126,6 +127,11 @@ def grid(sweep: SweepOptions) -> list:
             for seed in sweep.seeds]
 
 
+def plan_entries(points: list) -> list:
+    """The points as `sweep_status` records them: label and job keys."""
+    return [{"label": point.label, "jobs": list(point.jobs.values())} for point in points]
+
+
 def _point_job(job: JobOptions, folder: Path, point: Point) -> JobOptions:
     return replace(job, data=_with_magnitude(job.data, point.magnitude), seed=point.seed, runs_dir=str(folder),
                    resume=True)
@@ -146,30 +152,27 @@ def train_control(job: JobOptions, folder: Path, point: Point) -> dict:
     return _final_epoch(folder / point.control_name)
 
 
-def measure_attention(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list) -> dict:
-    """Attention IoU of the distilled student and its teachers on augmented training images."""
-    data = _with_magnitude(job.data, point.magnitude)
-    return _analysis(data, teachers, folder / point.distill_name / "checkpoints" / "last.pt", "train",
-                     sweep.analysis_images, point.seed, resolve_device(job.device),
-                     folder / point.jobs["attention"])
+ANALYSES = {"attention": ("train", True), "fidelity": ("test", False)}   # role: (split, augmented)
 
 
-def measure_fidelity(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list) -> dict:
-    """Fidelity of the distilled student to its teachers on the clean test images."""
-    data = replace(job.data, augment=pipelines.AugmentSpec())
-    return _analysis(data, teachers, folder / point.distill_name / "checkpoints" / "last.pt", "test",
-                     sweep.analysis_images, point.seed, resolve_device(job.device), folder / point.jobs["fidelity"])
+def measure(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list, role: str) -> dict:
+    """The distilled student's analysis `role`: attention IoU on augmented training images at the point's
+    magnitude, or fidelity on the clean test images."""
+    split, augmented = ANALYSES[role]
+    data = (_with_magnitude(job.data, point.magnitude) if augmented
+            else replace(job.data, augment=pipelines.AugmentSpec()))
+    return _analysis(data, teachers, folder / point.distill_name / "checkpoints" / "last.pt", split,
+                     sweep.analysis_images, point.seed, resolve_device(job.device), folder / point.jobs[role])
 
 
 def point_jobs(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list) -> list:
     """The point's four jobs: the two students (independent), then the two analyses of the distilled one."""
     steps = {"distill": (distill_student, (job, sweep, folder, point, teachers)),
              "control": (train_control, (job, folder, point)),
-             "attention": (measure_attention, (job, sweep, folder, point, teachers)),
-             "fidelity": (measure_fidelity, (job, sweep, folder, point, teachers))}
+             **{role: (measure, (job, sweep, folder, point, teachers, role)) for role in ANALYSES}}
     keys = point.jobs
     return [Job(key, tracked, (folder, key, steps[role][0], *steps[role][1]),
-                () if role in ("distill", "control") else (keys["distill"],)) for role, key in keys.items()]
+                (keys["distill"],) if role in ANALYSES else ()) for role, key in keys.items()]
 
 
 def point_metrics(point: Point, results: dict) -> dict:
@@ -201,14 +204,15 @@ def run_sweep(job: JobOptions, sweep: SweepOptions, folder: Path, executor=None)
     retried once, then reported, and the points that need it are left out while the others go on."""
     folder.mkdir(parents=True, exist_ok=True)
     executor = executor or SequentialExecutor(torch.get_num_threads())
-    teachers = teacher_sets(job, sweep, folder)
-    points = grid(sweep)
-    jobs = {}
-    for point in points:
-        for point_job in point_jobs(job, sweep, folder, point, teachers[point.teacher_set]):
-            jobs.setdefault(point_job.key, point_job)   # a control student shared by several teacher sets runs once
-    write_plan(folder, [{"label": point.label, "jobs": list(point.jobs.values())} for point in points])
-    with executor:
+    with executor:   # joined or started first, so a cluster that cannot be used is said before teachers train
+        teachers = teacher_sets(job, sweep, folder)
+        points = grid(sweep)
+        jobs = {}
+        for point in points:
+            for point_job in point_jobs(job, sweep, folder, point, teachers[point.teacher_set]):
+                jobs.setdefault(point_job.key, point_job)   # a control student shared by teacher sets runs once
+        write_plan(folder, plan_entries(points))
+        forget_unfinished(folder, jobs)   # this run retries them
         finished, failed = _collect(executor, list(jobs.values()), points, folder)
     metrics = [finished[point] for point in points if finished.get(point) is not None]
     (folder / "points.json").write_text(json.dumps(metrics, indent=2) + "\n")

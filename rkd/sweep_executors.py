@@ -159,7 +159,7 @@ class RayExecutor(_Scheduler):
         except ImportError:
             raise RkdError(f"--executor ray needs Ray, which is not installed: {RAY_INSTALL_HINT}") from None
         self._ray, self.address, self.use_gpus = ray, address, use_gpus
-        self._remote = None
+        self._remote, self._request = None, {}
         self._running: dict = {}
         self._started_here = False
 
@@ -167,7 +167,11 @@ class RayExecutor(_Scheduler):
         ray = self._ray
         if not ray.is_initialized():
             if self.address:
-                ray.init(address=self.address)
+                try:
+                    ray.init(address=self.address)
+                except Exception as error:   # noqa: BLE001 - Ray raises several types for an unreachable cluster
+                    raise RkdError(f"--ray-address {self.address}: cannot join the Ray cluster "
+                                   f"({one_line(error)}); check the address and that the cluster runs") from None
             else:
                 ray.init(num_cpus=len(os.sched_getaffinity(0)), num_gpus=torch.cuda.device_count(),
                          object_store_memory=RAY_LOCAL_OBJECT_STORE_BYTES, include_dashboard=False)
@@ -179,9 +183,9 @@ class RayExecutor(_Scheduler):
             self.__exit__()
             raise RkdError(f"--cpus-per-point {self.threads}: no node of the Ray cluster has that many CPUs "
                            f"(the largest has {largest_node:g}); pass --cpus-per-point {int(largest_node) or 1}")
-        request = {"num_gpus": 1} if gpus else {"num_cpus": self.threads}
+        self._request = {"num_gpus": 1} if gpus else {"num_cpus": self.threads}
         self.slots = gpus or max(1, int(resources.get("CPU", 0) // self.threads))
-        self._remote = ray.remote(execute).options(max_retries=0, **request)   # retries are ours, as sequential
+        self._remote = ray.remote(execute)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -196,7 +200,8 @@ class RayExecutor(_Scheduler):
         return True   # Ray queues what does not fit and runs it as resources free up
 
     def _start(self, job: Job) -> None:
-        self._running[self._remote.options(name=job.key).remote(job.function, job.args, self.threads)] = job
+        task = self._remote.options(name=job.key, max_retries=0, **self._request)   # retries are ours, as sequential
+        self._running[task.remote(job.function, job.args, self.threads)] = job
 
     def _next_ended(self) -> tuple:
         (ref,), _ = self._ray.wait(list(self._running), num_returns=1)

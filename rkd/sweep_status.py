@@ -40,25 +40,38 @@ def read_status(folder: Path, key: str) -> dict:
 
 def tracked(folder: Path, key: str, function: Callable, *args):
     """`function(*args)`, recorded as running (this host and process) and then done in the sweep's status."""
-    mark(folder, key, "running", host=socket.gethostname(), pid=os.getpid())
+    mark(folder, key, "running", **_this_process())
     start = time.perf_counter()
     result = function(*args)
     mark(folder, key, "done", seconds=time.perf_counter() - start)
     return result
 
 
+def _this_process() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
 def write_plan(folder: Path, points: Sequence[dict]) -> None:
-    """plan.json: each point's label and the keys of its jobs, in grid order."""
-    _write_atomic(Path(folder) / "plan.json", json.dumps({"points": list(points)}, indent=2) + "\n")
+    """plan.json: each point's label and the keys of its jobs, in grid order, and the sweep's driver process."""
+    plan = {"driver": _this_process(), "points": list(points)}
+    _write_atomic(Path(folder) / "plan.json", json.dumps(plan, indent=2) + "\n")
 
 
 def read_plan(folder: Path):
+    """The plan of the sweep folder's last run, or None."""
     path = Path(folder) / "plan.json"
-    return json.loads(path.read_text())["points"] if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def forget_unfinished(folder: Path, keys) -> None:
+    """Drop the status of jobs that a previous run left failed, retrying or running: they are left again."""
+    for key in keys:
+        if read_status(folder, key)["state"] != "done":
+            _status_file(folder, key).unlink(missing_ok=True)
 
 
 def _alive(record: dict) -> bool:
-    """Whether a running job's process still runs (only knowable on its own host; elsewhere assumed)."""
+    """Whether the process of a record still runs (only knowable on its own host; elsewhere assumed)."""
     if record.get("host") != socket.gethostname():
         return True
     try:
@@ -76,13 +89,14 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def point_state(records: Sequence[dict]) -> tuple:
-    """(done | running | failed | left, detail) of a point from its jobs' status records."""
+def point_state(records: Sequence[dict], driver_alive: bool = True) -> tuple:
+    """(done | running | failed | left, detail) of a point from its jobs' status records; nothing runs any more
+    when the sweep's driver has ended."""
     failed = [r for r in records if r["state"] == "failed"]
     if failed:
         return "failed", "; ".join(f"{r['job']}: {r['error']}" for r in failed)
     running = [r for r in records if r["state"] in ("running", "retrying")]
-    live = [r for r in running if r["state"] == "retrying" or _alive(r)]
+    live = [r for r in running if driver_alive and (r["state"] == "retrying" or _alive(r))]
     if live:
         return "running", "; ".join(
             f"{r['job']} {'retrying after ' + r['error'] if r['state'] == 'retrying' else 'running'} for "
@@ -96,9 +110,11 @@ def point_state(records: Sequence[dict]) -> tuple:
     return "left", ("done: " + ", ".join(started)) if started else ""
 
 
-def describe(folder: Path, points: Sequence[dict]) -> str:
-    """What `rkd sweep --status` prints: a count per state, then one line per point."""
-    states = [(point, *point_state([read_status(folder, key) for key in point["jobs"]])) for point in points]
+def describe(folder: Path, plan: dict) -> str:
+    """What `rkd sweep --status` prints for a plan (see `write_plan`): a count per state, then one line per point."""
+    points, driver_alive = plan["points"], _alive(plan["driver"]) if "driver" in plan else True
+    states = [(point, *point_state([read_status(folder, key) for key in point["jobs"]], driver_alive))
+              for point in points]
     counts = {state: sum(1 for _, s, _ in states if s == state) for state in ("done", "running", "failed", "left")}
     lines = [f"sweep {folder}: {len(points)} points, " + ", ".join(f"{n} {state}" for state, n in counts.items())]
     for point, state, detail in states:

@@ -123,3 +123,8 @@ def test_sweep_status_shows_done_running_failed_and_left(fmnist_dir, tmp_path, c
     assert lines[3].split()[:3] == ["failed", "point", "c"] and "c-train: RuntimeError: out of memory" in lines[3]
     assert lines[4].split()[:3] == ["left", "point", "d"] and "interrupted: d-train/analysis" in lines[4]
     assert lines[5].split() == ["left", "point", "e"]
+    (folder / "plan.json").write_text(json.dumps({"points": plan, "driver": {"host": socket.gethostname(),
+                                                                             "pid": int(ended.stdout)}}))
+    main(sweep_argv(fmnist_dir, tmp_path) + ["--status"])   # the sweep's driver ended: nothing runs any more
+    lines = capsys.readouterr().out.splitlines()
+    assert "5 points, 1 done, 0 running, 1 failed, 3 left" in lines[0] and "interrupted: b-train/analysis" in lines[2]

@@ -85,3 +85,14 @@ def test_ray_executor_without_ray_is_one_line(fmnist_dir, tmp_path, capsys, monk
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "--executor ray" in err and "pip install 'rkd[ray]'" in err
     assert not (tmp_path / "teachers").exists(), "refused before any teacher is trained"
+
+
+@pytest.mark.parametrize("extra,message", [(["--ray-address", "127.0.0.1:6379"], "use it with --executor ray"),
+                                           (["--executor", "ray", "--device", "cuda:1"], "use auto, cuda or cpu"),
+                                           (["--cpus-per-point", "0"], "--cpus-per-point")])
+def test_executor_flags_bad_input(fmnist_dir, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(tiny_sweep_argv(fmnist_dir, tmp_path, "s") + extra)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "teachers").exists()

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from ..defaults import DEFAULT_NUM_TEACHERS
 from ..distributed import resolve_device
-from ..sweep import KD_LOSSES, SweepOptions, grid, run_sweep, sweep_folder
+from ..sweep import KD_LOSSES, SweepOptions, grid, plan_entries, run_sweep, sweep_folder
 from ..sweep_executors import EXECUTORS, make_executor
 from ..sweep_status import describe, read_plan
 from ..sweep_report import write_outputs
@@ -76,8 +76,7 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
                          teacher_epochs=teacher_epochs or defaults["teacher_epochs"])
     folder = sweep_folder(job.runs_dir, name, job, sweep)
     if show_status:
-        plan = read_plan(folder) or [{"label": p.label, "jobs": list(p.jobs.values())} for p in grid(sweep)]
-        click.echo(describe(folder, plan))
+        click.echo(describe(folder, read_plan(folder) or {"points": plan_entries(grid(sweep))}))
         return
     if executor == "ray" and job.device not in ("auto", "cuda", "cpu"):
         raise click.BadParameter("Ray gives every task its own GPU: use auto, cuda or cpu", param_hint="--device")
