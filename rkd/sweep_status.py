@@ -78,8 +78,8 @@ def _alive(record: dict) -> bool:
         os.kill(record["pid"], 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:   # it runs, as another user
+        pass
     return True
 
 

@@ -54,7 +54,8 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
                   teacher_arch, teacher_epochs, executor, ray_address, cpus_per_point, show_status, **kw) -> None:
     """The paper's study over augmentation magnitudes: per magnitude and seed, a distilled student, a
     cross-entropy control, attention IoU and fidelity; a table, plots and a report of which claims hold.
-    Resumable: finished runs are reused. On the CPU the defaults are cut to fit 30 minutes on 2 cores
+    Resumable: finished runs are reused. Its jobs run one after the other, or as Ray tasks in parallel
+    (--executor ray); a line per finished point gives an ETA, and --status shows where a sweep stands. On the CPU the defaults are cut to fit 30 minutes on 2 cores
     (6 epochs on 5000 training images per student); on a GPU they are the dataset's full settings."""
     if click.get_current_context().get_parameter_source("magnitude") == ParameterSource.COMMANDLINE:
         raise click.BadParameter("a sweep sets the magnitude per run: use --magnitudes", param_hint="--magnitude")
