@@ -1,9 +1,12 @@
 """`rkd sweep --executor ray`: the same numbers as the sequential executor, retries, and the error without Ray."""
 import json
+import os
 import sys
+from collections import defaultdict
 
 import pytest
 
+import rkd.sweep
 from rkd.cli import main
 from rkd.sweep_executors import Job, RayExecutor, SequentialExecutor
 
@@ -75,6 +78,49 @@ def test_a_failed_job_is_retried_once_and_the_others_go_on(executor, tmp_path, r
     assert final["needs-broken"].error == "not run: broken failed" and final["needs-broken"].attempt == 0
     assert final["needs-flaky"].result == {"value": 2} and final["free"].result == {"value": 3}
     assert sorted(o.key for o in outcomes if o.retrying) == ["broken", "flaky"]
+
+
+def crash_once(marker):
+    """Ends its own process the first time (as an out-of-memory kill would), returns the second time."""
+    if not marker.exists():
+        marker.write_text("crashed")
+        os._exit(1)
+    return {"after": marker.read_text()}
+
+
+def test_a_crashed_ray_worker_is_retried(tmp_path, local_ray):
+    with RayExecutor(1) as runner:
+        outcomes = list(runner.run([Job("crash", crash_once, (tmp_path / "marker",))]))
+    assert [o.retrying for o in outcomes] == [True, False] and outcomes[-1].result == {"after": "crashed"}
+
+
+def metrics_stub(*args):
+    return defaultdict(lambda: 0.5)
+
+
+def test_a_failing_point_is_reported_and_the_report_covers_the_rest(fmnist_dir, tmp_path, capsys, monkeypatch):
+    def distill_student(job, sweep, folder, point, teachers):
+        if point.magnitude == 9:
+            raise RuntimeError("loss is nan")
+        return metrics_stub()
+
+    monkeypatch.setattr(rkd.sweep, "teacher_sets", lambda job, sweep, folder: {"default": []})
+    monkeypatch.setattr(rkd.sweep, "distill_student", distill_student)
+    monkeypatch.setattr(rkd.sweep, "train_control", metrics_stub)
+    monkeypatch.setattr(rkd.sweep, "measure", metrics_stub)
+    with pytest.raises(SystemExit) as exit_:
+        main(tiny_sweep_argv(fmnist_dir, tmp_path, "s"))
+    captured = capsys.readouterr()
+    assert exit_.value.code == 1 and len(captured.err.strip().splitlines()) == 1
+    assert "3 sweep jobs did not finish (first: distill-tdefault-m9-s0: RuntimeError: loss is nan)" in captured.err
+    assert "distill-tdefault-m9-s0 failed (RuntimeError: loss is nan); retrying once" in captured.out
+    assert "point failed: teachers default, magnitude 9, seed 0" in captured.out
+    points = json.loads((tmp_path / "s" / "sweep.json").read_text())["points"]
+    assert [(p["magnitude"], p["student_test_acc"]) for p in points] == [(0, 0.5)]
+    assert (tmp_path / "s" / "report.md").is_file()
+    main(tiny_sweep_argv(fmnist_dir, tmp_path, "s") + ["--status"])
+    out = capsys.readouterr().out
+    assert "2 points, 1 done, 0 running, 1 failed, 0 left" in out and "not run: distill-tdefault-m9-s0 failed" in out
 
 
 def test_ray_executor_without_ray_is_one_line(fmnist_dir, tmp_path, capsys, monkeypatch):

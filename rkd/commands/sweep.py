@@ -96,6 +96,7 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
     click.echo(write_outputs(points, folder, description))
     click.echo(f"sweep folder: {folder}")
     if result.failed:
-        raise click.ClickException(f"{len(result.failed)} sweep jobs failed ({', '.join(sorted(result.failed))}); "
-                                   f"the report covers the {len(points)} finished points; rerun the same command "
-                                   "to retry them (finished runs are reused)")
+        key, error = next(iter(result.failed.items()))
+        raise click.ClickException(f"{len(result.failed)} sweep jobs did not finish (first: {key}: {error}); the "
+                                   f"report covers the {len(points)} finished points; --status lists the rest; rerun "
+                                   "the same command to retry them (finished runs are reused)")
