@@ -8,6 +8,7 @@ more (`MAX_ATTEMPTS`); when it fails again, the jobs that need it are not run, a
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -57,6 +58,18 @@ def one_line(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error   # a Ray task error carries the task's own exception
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
+
+
+def _check_reachable(address: str) -> None:
+    """A one-line error now for a HOST:PORT nothing listens on (Ray itself would wait for minutes)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return   # "auto", ray://... and the like: left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise RkdError(f"--ray-address {address}: nothing answers there ({error.strerror or error}); pass the "
+                       "address of the cluster's head node (ray start --head prints it)") from None
 
 
 class _Scheduler:
@@ -165,6 +178,8 @@ class RayExecutor(_Scheduler):
 
     def __enter__(self) -> "RayExecutor":
         ray = self._ray
+        if self.address:
+            _check_reachable(self.address)
         if not ray.is_initialized():
             if self.address:
                 try:

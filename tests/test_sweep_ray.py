@@ -142,3 +142,13 @@ def test_executor_flags_bad_input(fmnist_dir, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "teachers").exists()
+
+
+def test_an_unreachable_ray_address_is_one_line(fmnist_dir, tmp_path, capsys):
+    if ray is None:
+        pytest.skip("needs ray: pip install 'rkd[ray]'")
+    with pytest.raises(SystemExit) as exit_:
+        main(tiny_sweep_argv(fmnist_dir, tmp_path, "s") + ["--executor", "ray", "--ray-address", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "--ray-address 127.0.0.1:1: nothing answers there" in err and not (tmp_path / "teachers").exists()
