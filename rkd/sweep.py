@@ -23,7 +23,7 @@ from .distill import KDOptions, distill
 from .distributed import log, resolve_device
 from .job import JobOptions
 from .runs import RunDir
-from .sweep_executors import Job, SequentialExecutor
+from .sweep_executors import Executor, Job, SequentialExecutor
 from .sweep_status import Progress, forget_unfinished, mark, tracked, write_plan
 from .teachers import default_teachers, train_teacher
 
@@ -199,7 +199,8 @@ class SweepResult:
     failed: dict
 
 
-def run_sweep(job: JobOptions, sweep: SweepOptions, folder: Path, executor=None) -> SweepResult:
+def run_sweep(job: JobOptions, sweep: SweepOptions, folder: Path,
+              executor: Optional[Executor] = None) -> SweepResult:
     """Every point of the grid on `executor` (sequential by default); finished runs are reused. A failed job is
     retried once, then reported, and the points that need it are left out while the others go on."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,7 @@ def run_sweep(job: JobOptions, sweep: SweepOptions, folder: Path, executor=None)
     return SweepResult(metrics, failed)
 
 
-def _collect(executor, jobs: list, points: list, folder: Path) -> tuple:
+def _collect(executor: Executor, jobs: list, points: list, folder: Path) -> tuple:
     """Run the jobs; record failures, log a line per point that ends. ({point: metrics or None}, {key: error})."""
     progress = Progress(len(points), executor.slots)
     results, seconds, failed, finished = {}, {}, {}, {}

@@ -72,8 +72,9 @@ def _check_reachable(address: str) -> None:
                        "address of the cluster's head node (ray start --head prints it)") from None
 
 
-class _Scheduler:
-    """Runs jobs in dependency order with one retry; subclasses start jobs and report the next one to end."""
+class Executor:
+    """Runs jobs in dependency order with one retry, inside `with executor:`; `slots` is how many run at once.
+    Subclasses start a job and report the next one to end."""
 
     slots = 1
 
@@ -127,16 +128,16 @@ class _Scheduler:
                 succeeded.add(job.key)
                 yield Outcome(job.key, result=ended[0], seconds=ended[1], attempt=attempt)
             elif attempt < MAX_ATTEMPTS:
+                yield Outcome(job.key, error=one_line(error), attempt=attempt, retrying=True)   # before it restarts
                 attempts[job.key] = attempt + 1
                 self._start(job)
                 running += 1
-                yield Outcome(job.key, error=one_line(error), attempt=attempt, retrying=True)
             else:
                 failed.add(job.key)
                 yield Outcome(job.key, error=one_line(error), attempt=attempt)
 
 
-class SequentialExecutor(_Scheduler):
+class SequentialExecutor(Executor):
     """One job at a time, in this process, in the order given."""
 
     def __init__(self, threads: int) -> None:
@@ -157,7 +158,7 @@ class SequentialExecutor(_Scheduler):
             return job, None, error
 
 
-class RayExecutor(_Scheduler):
+class RayExecutor(Executor):
     """Each job is a Ray task asking for one GPU where the cluster has GPUs (and `use_gpus`), else for `threads`
     CPUs.
 
@@ -230,7 +231,7 @@ class RayExecutor(_Scheduler):
 EXECUTORS = {"sequential": SequentialExecutor, "ray": RayExecutor}
 
 
-def make_executor(name: str, threads: int, ray_address: Optional[str] = None, use_gpus: bool = True) -> _Scheduler:
+def make_executor(name: str, threads: int, ray_address: Optional[str] = None, use_gpus: bool = True) -> Executor:
     """The executor called `name` (see EXECUTORS), to be entered (`with`) around its runs; the rest is Ray's."""
     if name == "ray":
         return RayExecutor(threads, ray_address, use_gpus)
