@@ -4,6 +4,7 @@ For every teacher set (the default un-augmented ensemble, or ensembles trained a
 student magnitude and every seed: distill a student, train a cross-entropy-only control student, and measure
 attention IoU (on augmented training images) and fidelity (on the clean test set). Every piece lives in its own run
 directory under the sweep folder and is reused when present, so an interrupted sweep resumes where it stopped.
+The pieces are jobs for an executor (`sweep_executors`): one after the other here, or in parallel on Ray.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 import pipelines
 
@@ -20,6 +23,8 @@ from .distill import KDOptions, distill
 from .distributed import log, resolve_device
 from .job import JobOptions
 from .runs import RunDir
+from .sweep_executors import Executor, Job, SequentialExecutor
+from .sweep_status import Progress, forget_unfinished, mark, tracked, write_plan
 from .teachers import default_teachers, train_teacher
 
 KD_LOSSES = {
@@ -87,25 +92,95 @@ def _final_epoch(run: Path) -> dict:
     return RunDir(run).read_metrics("epoch")[-1]
 
 
-def run_point(job: JobOptions, sweep: SweepOptions, folder: Path, teacher_set: str, teachers: list, magnitude: int,
-              seed: int) -> dict:
-    """Distill, control and measure one (teacher set, magnitude, seed) point; returns its metrics."""
-    data = _with_magnitude(job.data, magnitude)
-    point_job = replace(job, data=data, seed=seed, runs_dir=str(folder), resume=True)
-    distill_name = f"distill-t{teacher_set}-m{magnitude}-s{seed}"
-    control_name = f"control-m{magnitude}-s{seed}"
-    log(f"sweep point: teachers {teacher_set}, magnitude {magnitude}, seed {seed}")
-    distill(replace(point_job, name=distill_name), teachers, KDOptions(**KD_LOSSES[sweep.kd_loss]))
-    train_teacher(replace(point_job, name=control_name), role="control")
-    student = folder / distill_name / "checkpoints" / "last.pt"
-    device = resolve_device(job.device)
-    attention = _analysis(data, teachers, student, "train", sweep.analysis_images, seed, device,
-                          folder / distill_name / "analysis-train-augmented")
-    fidelity = _analysis(replace(data, augment=pipelines.AugmentSpec()), teachers, student, "test",
-                         sweep.analysis_images, seed, device, folder / distill_name / "analysis-test-clean")
-    student_final, control_final = _final_epoch(folder / distill_name), _final_epoch(folder / control_name)
+@dataclass(frozen=True)
+class Point:
+    """One (teacher set, magnitude, seed) of the grid, and the keys of its jobs (their run directories)."""
+
+    teacher_set: str
+    magnitude: int
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"teachers {self.teacher_set}, magnitude {self.magnitude}, seed {self.seed}"
+
+    @property
+    def distill_name(self) -> str:
+        return f"distill-t{self.teacher_set}-m{self.magnitude}-s{self.seed}"
+
+    @property
+    def control_name(self) -> str:   # the control student has no teachers: points of every teacher set share it
+        return f"control-m{self.magnitude}-s{self.seed}"
+
+    @property
+    def jobs(self) -> dict:
+        """{role: job key}; an analysis job is named after the distilled student it measures."""
+        return {"distill": self.distill_name, "control": self.control_name,
+                "attention": f"{self.distill_name}/analysis-train-augmented",
+                "fidelity": f"{self.distill_name}/analysis-test-clean"}
+
+
+def grid(sweep: SweepOptions) -> list:
+    """The sweep's points in order: teacher set, then magnitude, then seed."""
+    sets = [DEFAULT_TEACHERS] if not sweep.teacher_magnitudes else [f"m{m}" for m in sweep.teacher_magnitudes]
+    return [Point(teacher_set, magnitude, seed) for teacher_set in sets for magnitude in sweep.magnitudes
+            for seed in sweep.seeds]
+
+
+def plan_entries(points: list) -> list:
+    """The points as `sweep_status` records them: label and job keys."""
+    return [{"label": point.label, "jobs": list(point.jobs.values())} for point in points]
+
+
+def _point_job(job: JobOptions, folder: Path, point: Point) -> JobOptions:
+    return replace(job, data=_with_magnitude(job.data, point.magnitude), seed=point.seed, runs_dir=str(folder),
+                   resume=True)
+
+
+def distill_student(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list) -> dict:
+    """Distill the point's student from its teacher set; returns the run's final epoch record."""
+    log(f"sweep point: {point.label}: distilling")
+    distill(replace(_point_job(job, folder, point), name=point.distill_name), teachers,
+            KDOptions(**KD_LOSSES[sweep.kd_loss]))
+    return _final_epoch(folder / point.distill_name)
+
+
+def train_control(job: JobOptions, folder: Path, point: Point) -> dict:
+    """Train the point's cross-entropy-only control student; returns the run's final epoch record."""
+    log(f"sweep point: {point.label}: control student")
+    train_teacher(replace(_point_job(job, folder, point), name=point.control_name), role="control")
+    return _final_epoch(folder / point.control_name)
+
+
+ANALYSES = {"attention": ("train", True), "fidelity": ("test", False)}   # role: (split, augmented)
+
+
+def measure(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list, role: str) -> dict:
+    """The distilled student's analysis `role`: attention IoU on augmented training images at the point's
+    magnitude, or fidelity on the clean test images."""
+    split, augmented = ANALYSES[role]
+    data = (_with_magnitude(job.data, point.magnitude) if augmented
+            else replace(job.data, augment=pipelines.AugmentSpec()))
+    return _analysis(data, teachers, folder / point.distill_name / "checkpoints" / "last.pt", split,
+                     sweep.analysis_images, point.seed, resolve_device(job.device), folder / point.jobs[role])
+
+
+def point_jobs(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list) -> list:
+    """The point's four jobs: the two students (independent), then the two analyses of the distilled one."""
+    steps = {"distill": (distill_student, (job, sweep, folder, point, teachers)),
+             "control": (train_control, (job, folder, point)),
+             **{role: (measure, (job, sweep, folder, point, teachers, role)) for role in ANALYSES}}
+    keys = point.jobs
+    return [Job(key, tracked, (folder, key, steps[role][0], *steps[role][1]),
+                (keys["distill"],) if role in ANALYSES else ()) for role, key in keys.items()]
+
+
+def point_metrics(point: Point, results: dict) -> dict:
+    """The point's row of the sweep from its jobs' results ({role: result})."""
+    student_final, control_final = results["distill"], results["control"]
+    attention, fidelity = results["attention"], results["fidelity"]
     return {
-        "teachers": teacher_set, "magnitude": magnitude, "seed": seed,
+        "teachers": point.teacher_set, "magnitude": point.magnitude, "seed": point.seed,
         "student_test_acc": student_final["test_acc"], "student_train_acc": student_final["train_acc"],
         "gap": student_final["gap"], "control_test_acc": control_final["test_acc"], "control_gap": control_final["gap"],
         **{key: attention[key] for key in ("iou_tt@0.4", "iou_tt_pooled_paper@0.4", "iou_st@0.4",
@@ -116,16 +191,60 @@ def run_point(job: JobOptions, sweep: SweepOptions, folder: Path, teacher_set: s
     }
 
 
-def run_sweep(job: JobOptions, sweep: SweepOptions, folder: Path) -> list:
-    """Every point of the grid (finished ones are reused); returns the list of point metrics."""
+@dataclass(frozen=True)
+class SweepResult:
+    """The metrics of the points that finished (in grid order), and {job key: error} of the jobs that did not."""
+
+    points: list
+    failed: dict
+
+
+def run_sweep(job: JobOptions, sweep: SweepOptions, folder: Path,
+              executor: Optional[Executor] = None) -> SweepResult:
+    """Every point of the grid on `executor` (sequential by default); finished runs are reused. A failed job is
+    retried once, then reported, and the points that need it are left out while the others go on."""
     folder.mkdir(parents=True, exist_ok=True)
-    points = []
-    for teacher_set, teachers in teacher_sets(job, sweep, folder).items():
-        for magnitude in sweep.magnitudes:
-            for seed in sweep.seeds:
-                points.append(run_point(job, sweep, folder, teacher_set, teachers, magnitude, seed))
-    (folder / "points.json").write_text(json.dumps(points, indent=2) + "\n")
-    return points
+    executor = executor or SequentialExecutor(torch.get_num_threads())
+    with executor:   # joined or started first, so a cluster that cannot be used is said before teachers train
+        teachers = teacher_sets(job, sweep, folder)
+        points = grid(sweep)
+        jobs = {}
+        for point in points:
+            for point_job in point_jobs(job, sweep, folder, point, teachers[point.teacher_set]):
+                jobs.setdefault(point_job.key, point_job)   # a control student shared by teacher sets runs once
+        write_plan(folder, plan_entries(points))
+        forget_unfinished(folder, jobs)   # this run retries them
+        finished, failed = _collect(executor, list(jobs.values()), points, folder)
+    metrics = [finished[point] for point in points if finished.get(point) is not None]
+    (folder / "points.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return SweepResult(metrics, failed)
+
+
+def _collect(executor: Executor, jobs: list, points: list, folder: Path) -> tuple:
+    """Run the jobs; record failures, log a line per point that ends. ({point: metrics or None}, {key: error})."""
+    progress = Progress(len(points), executor.slots)
+    results, seconds, failed, finished = {}, {}, {}, {}
+    for outcome in executor.run(jobs):
+        if outcome.retrying:
+            mark(folder, outcome.key, "retrying", error=outcome.error, attempt=outcome.attempt)
+            log(f"sweep job {outcome.key} failed ({outcome.error}); retrying once")
+            continue
+        if outcome.error:
+            mark(folder, outcome.key, "failed", error=outcome.error, attempt=outcome.attempt)
+            failed[outcome.key] = outcome.error
+        else:
+            results[outcome.key], seconds[outcome.key] = outcome.result, outcome.seconds
+        for point in points:
+            keys = point.jobs
+            if point in finished or outcome.key not in keys.values():
+                continue
+            if outcome.error:
+                finished[point] = None
+                log(progress.point_failed(point.label, f"{outcome.key}: {outcome.error}"))
+            elif all(key in results for key in keys.values()):
+                finished[point] = point_metrics(point, {role: results[key] for role, key in keys.items()})
+                log(progress.point_done(point.label, sum(seconds[key] for key in keys.values()), finished[point]))
+    return finished, failed
 
 
 def sweep_folder(runs_dir: str, name: Optional[str], job: JobOptions, sweep: SweepOptions) -> Path:

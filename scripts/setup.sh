@@ -33,7 +33,7 @@ want=$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
     say "python environment up to date ($VENV)"
 else
-    say "installing the python environment into $VENV (torch+torchvision pair, timm, numba, ffcv, dali, triton; a few minutes the first time)"
+    say "installing the python environment into $VENV (torch+torchvision pair, timm, numba, ffcv, dali, triton, ray; a few minutes the first time)"
     # A local find-links folder (pip config or PIP_FIND_LINKS) may hold a CPU-only torch wheel that PyPI's
     # torchvision cannot load: ignore pip config files and that variable for this install.
     unset PIP_FIND_LINKS

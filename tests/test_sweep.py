@@ -1,9 +1,14 @@
 """`rkd sweep`: verdict rules on synthetic data, and a tiny real sweep that resumes without recomputing."""
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
 from rkd.cli import main
+from rkd.sweep_status import mark
 from rkd.sweep_report import METRICS, aggregate, spearman_test, verdict
 
 
@@ -77,7 +82,11 @@ def test_tiny_sweep_end_to_end_and_resume(fmnist_dir, tmp_path, capsys):
         assert json.loads((teacher / "config.json").read_text())["data"]["train_images"] is None, teacher.name
     checkpoints = sorted(folder.rglob("last.pt"))
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "point 1/4 done: teachers default, magnitude 0, seed 0 in " in out and "3 left, ETA " in out
+    assert "point 4/4 done: teachers default, magnitude 20, seed 1" in out and "student_test_acc" in out
+    main(sweep_argv(fmnist_dir, tmp_path) + ["--status"])
+    assert "4 points, 4 done, 0 running, 0 failed, 0 left" in capsys.readouterr().out
     main(sweep_argv(fmnist_dir, tmp_path))
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps, "finished runs are not recomputed"
     assert "training default teacher" not in capsys.readouterr().out
@@ -91,3 +100,31 @@ def test_sweep_bad_input(fmnist_dir, tmp_path, capsys, extra, message):
         main(sweep_argv(fmnist_dir, tmp_path) + extra)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_status_shows_done_running_failed_and_left(fmnist_dir, tmp_path, capsys):
+    main(sweep_argv(fmnist_dir, tmp_path) + ["--status"])   # nothing started: the grid of the options
+    assert "4 points, 0 done, 0 running, 0 failed, 4 left" in capsys.readouterr().out
+    folder = tmp_path / "s"
+    plan = [{"label": f"point {name}", "jobs": [f"{name}-train", f"{name}-train/analysis"]} for name in "abcde"]
+    folder.mkdir()
+    (folder / "plan.json").write_text(json.dumps({"points": plan}))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for job in ("a-train", "a-train/analysis", "b-train", "d-train"):
+        mark(folder, job, "done", seconds=30.0)
+    mark(folder, "b-train/analysis", "running", host=socket.gethostname(), pid=os.getpid())
+    mark(folder, "c-train", "failed", error="RuntimeError: out of memory", attempt=2)
+    mark(folder, "d-train/analysis", "running", host=socket.gethostname(), pid=int(ended.stdout))   # killed sweep
+    main(sweep_argv(fmnist_dir, tmp_path) + ["--status"])   # the folder's plan, not the options' grid
+    lines = capsys.readouterr().out.splitlines()
+    assert "5 points, 1 done, 1 running, 1 failed, 2 left" in lines[0]
+    assert lines[1].split()[:3] == ["done", "point", "a"] and "1m00s of compute" in lines[1]
+    assert lines[2].split()[:3] == ["running", "point", "b"] and "b-train/analysis running for 0m" in lines[2]
+    assert lines[3].split()[:3] == ["failed", "point", "c"] and "c-train: RuntimeError: out of memory" in lines[3]
+    assert lines[4].split()[:3] == ["left", "point", "d"] and "interrupted: d-train/analysis" in lines[4]
+    assert lines[5].split() == ["left", "point", "e"]
+    (folder / "plan.json").write_text(json.dumps({"points": plan, "driver": {"host": socket.gethostname(),
+                                                                             "pid": int(ended.stdout)}}))
+    main(sweep_argv(fmnist_dir, tmp_path) + ["--status"])   # the sweep's driver ended: nothing runs any more
+    lines = capsys.readouterr().out.splitlines()
+    assert "5 points, 1 done, 0 running, 1 failed, 3 left" in lines[0] and "interrupted: b-train/analysis" in lines[2]

@@ -4,12 +4,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import click
+import torch
 from click.core import ParameterSource
 
 from .. import run_lock
 from ..defaults import DEFAULT_NUM_TEACHERS
 from ..distributed import resolve_device
-from ..sweep import KD_LOSSES, SweepOptions, run_sweep, sweep_folder
+from ..sweep import KD_LOSSES, SweepOptions, grid, plan_entries, run_sweep, sweep_folder
+from ..sweep_executors import EXECUTORS, make_executor
+from ..sweep_status import describe, read_plan
 from ..sweep_report import write_outputs
 from .multi_value import ManyValues
 from .options import build_job_options, check_arch, data_options, model_options
@@ -37,11 +40,23 @@ CPU_SWEEP_TRAIN_IMAGES = 5000
 @click.option("--num-teachers", type=click.IntRange(1), default=DEFAULT_NUM_TEACHERS, show_default=True)
 @click.option("--teacher-arch", default=None, help="Teachers' architecture [dataset default].")
 @click.option("--teacher-epochs", type=click.IntRange(1), default=None, help="Teachers' epochs [dataset default].")
+@click.option("--executor", type=click.Choice(list(EXECUTORS)), default="sequential", show_default=True,
+              help="sequential: one job after the other in this process; ray: each job a Ray task (one GPU each "
+                   "where the cluster has GPUs), run in parallel (pip install 'rkd[ray]').")
+@click.option("--ray-address", default=None, metavar="HOST:PORT",
+              help="Join this Ray cluster (every node sees --runs-dir and --data at the same paths) [a local Ray "
+                   "instance on this machine's CPUs and GPUs, for the sweep's duration].")
+@click.option("--cpus-per-point", type=click.IntRange(1), default=None,
+              help="Torch CPU threads of every job, and the CPUs a Ray task asks for on a cluster without GPUs. "
+                   "CPU results depend on it, so executors agree at the same value [this process's torch threads].")
+@click.option("--status", "show_status", is_flag=True,
+              help="Show which points of the sweep folder are done, running, failed and left, then exit.")
 def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_images, analysis_images, num_teachers,
-                  teacher_arch, teacher_epochs, **kw) -> None:
+                  teacher_arch, teacher_epochs, executor, ray_address, cpus_per_point, show_status, **kw) -> None:
     """The paper's study over augmentation magnitudes: per magnitude and seed, a distilled student, a
     cross-entropy control, attention IoU and fidelity; a table, plots and a report of which claims hold.
-    Resumable: finished runs are reused. On the CPU the defaults are cut to fit 30 minutes on 2 cores
+    Resumable: finished runs are reused. Its jobs run one after the other, or as Ray tasks in parallel
+    (--executor ray); a line per finished point gives an ETA, and --status shows where a sweep stands. On the CPU the defaults are cut to fit 30 minutes on 2 cores
     (6 epochs on 5000 training images per student); on a GPU they are the dataset's full settings."""
     if click.get_current_context().get_parameter_source("magnitude") == ParameterSource.COMMANDLINE:
         raise click.BadParameter("a sweep sets the magnitude per run: use --magnitudes", param_hint="--magnitude")
@@ -64,8 +79,19 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
                          teacher_arch=check_arch(teacher_arch or defaults["teacher_arch"], "--teacher-arch"),
                          teacher_epochs=teacher_epochs or defaults["teacher_epochs"])
     folder = sweep_folder(job.runs_dir, name, job, sweep)
+    if show_status:
+        click.echo(describe(folder, read_plan(folder) or {"points": plan_entries(grid(sweep))}))
+        return
     run_lock.acquire(folder, "sweep folder")  # held until the command ends: one sweep per folder at a time
-    points = run_sweep(job, sweep, folder)
+    if executor == "ray" and job.device not in ("auto", "cuda", "cpu"):
+        raise click.BadParameter("Ray gives every task its own GPU: use auto, cuda or cpu", param_hint="--device")
+    runner = make_executor(executor, cpus_per_point or torch.get_num_threads(), ray_address,
+                           use_gpus=job.device != "cpu")
+    result = run_sweep(job, sweep, folder, runner)
+    if not result.points:
+        raise click.ClickException(f"no sweep point finished ({len(result.failed)} jobs failed); see "
+                                   "the lines above, or rkd sweep --status with the same options")
+    points = result.points
     description = (f"Data `{job.data.data}`, loader `{job.data.loader}`, policy `{job.data.augment.policy}`, "
                    f"student `{job.arch}` ({job.optim.epochs} epochs on "
                    f"{train_images or 'all'} training images), KD loss `{kd_loss}`, seeds {list(seeds)}, "
@@ -73,3 +99,8 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
                    f"{analysis_images} images.")
     click.echo(write_outputs(points, folder, description))
     click.echo(f"sweep folder: {folder}")
+    if result.failed:
+        key, error = next(iter(result.failed.items()))
+        raise click.ClickException(f"{len(result.failed)} sweep jobs did not finish (first: {key}: {error}); the "
+                                   f"report covers the {len(points)} finished points; --status lists the rest; rerun "
+                                   "the same command to retry them (finished runs are reused)")
