@@ -48,13 +48,9 @@ def evaluation_data(options: DataOptions) -> str:
         return options.data
     if options.loader != "ffcv":
         raise ConfigError(f"--data: {path} is a .beton file, which only the ffcv loader reads (use --loader ffcv)")
-    from pipelines.beton import read_beton
+    from pipelines.beton import read_beton, recorded_source
 
-    original = read_beton(path).source
-    if not original or not resolve_path(original).exists():
-        raise ConfigError(f"--data: {path} does not name an existing source in {path.name}.json, so there is no test "
-                          "split to evaluate on; pass the dataset itself (--loader ffcv converts and caches it)")
-    return original
+    return recorded_source(read_beton(path))
 
 
 def dataset_facts(options: DataOptions) -> DatasetFacts:
