@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
+
 from .errors import ConfigError
 from .sources import ArraySource, FileSource, Source, open_source, resolve_path
 from .spec import AUTOAUGMENT_POLICIES, POLICIES, AugmentSpec, optional_whole_number, whole_number
@@ -30,7 +32,7 @@ def build_loader(backend: str, source: Union[str, Path, Source], *, split: str, 
     A class-folder tree is checked file by file first: `on_bad_file` is "error" (refuse a tree with a file that
     cannot be decoded, naming it) or "skip" (leave such files out, with a count on stderr).
     """
-    _check_arguments(backend, split, batch_size, image_size, augment, seed, rank, world_size, num_workers)
+    _check_arguments(backend, split, batch_size, image_size, augment, device, seed, rank, world_size, num_workers)
     check_policy(on_bad_file)
     if not (backend == "ffcv" and isinstance(source, (str, Path)) and resolve_path(source).suffix == ".beton"):
         source = open_source(source, split, on_bad_file)
@@ -56,7 +58,7 @@ def build_loader(backend: str, source: Union[str, Path, Source], *, split: str, 
 
 
 def _check_arguments(backend: str, split: str, batch_size: int, image_size: Optional[int], augment: AugmentSpec,
-                     seed: int, rank: int, world_size: int, num_workers: Optional[int]) -> None:
+                     device, seed: int, rank: int, world_size: int, num_workers: Optional[int]) -> None:
     """One-line ConfigErrors (ValueErrors) naming build_loader's parameter for out-of-range arguments."""
     if backend not in BACKENDS:
         raise ConfigError(f"build_loader: unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -72,3 +74,15 @@ def _check_arguments(backend: str, split: str, batch_size: int, image_size: Opti
         raise ConfigError(f"build_loader: rank {rank} is outside 0..{world_size - 1} (world_size {world_size})")
     if not isinstance(augment, AugmentSpec):
         raise ConfigError(f"build_loader: augment must be an AugmentSpec, got {type(augment).__name__}")
+    _check_device(device)
+
+
+def _check_device(device) -> None:
+    """A device torch knows, and CUDA only where it is available."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"build_loader: device {device!r} is not a torch device: "
+                          "use 'cpu', 'cuda' or 'cuda:N'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"build_loader: device {device!r}: CUDA is not available here; use device='cpu'")

@@ -112,8 +112,11 @@ def scan_files(files: list, root: str = "") -> TreeScan:
         results = list(pool.map(inspect_file, files, chunksize=64))
     scan = TreeScan({i: reason for i, (reason, _) in enumerate(results) if reason}, [s for _, s in results])
     tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"problems": scan.problems, "shapes": scan.shapes}))
-    os.replace(tmp, cached)
+    try:
+        tmp.write_text(json.dumps({"problems": scan.problems, "shapes": scan.shapes}))
+        os.replace(tmp, cached)
+    except OSError:  # a full disk: the scan stands, the next run checks again
+        tmp.unlink(missing_ok=True)
     return scan
 
 

@@ -124,7 +124,8 @@ def _bad_file(kind: str, path: Path) -> Path:
 
 BAD_KINDS = {"empty": "an empty file", "text": "not a JPEG, PNG or WebP image",
              "truncated_jpeg": "not decodable", "garbage_after_marker": "not decodable",
-             "truncated_png": "not decodable", "png16": "a 16-bit PNG", "gif": "a GIF", "dangling": "a dangling symlink"}
+             "truncated_png": "not decodable", "png16": "a 16-bit PNG", "gif": "a GIF",
+             "dangling": "a dangling symlink"}
 
 
 @pytest.fixture()
@@ -221,6 +222,8 @@ def test_dali_mid_epoch_failure_is_the_projects_sentence(small_tree):
     (dict(image_size=float("nan")), "image_size"), (dict(num_workers=-1), "num_workers"),
     (dict(rank=2, world_size=2), "rank"), (dict(rank=-1), "rank"), (dict(world_size=0), "world_size"),
     (dict(seed=-5), "seed"), (dict(split="validation"), "split"), (dict(augment="randaugment"), "augment"),
+    (dict(device="gpu0"), "device"), (dict(device=3.5), "device"),
+    *([(dict(device="cuda"), "device")] if not torch.cuda.is_available() else []),
 ])
 def test_build_loader_parameters(fmnist_dir, kwargs, parameter):
     options = {**dict(split="train", batch_size=8), **kwargs}
