@@ -120,19 +120,23 @@ def scan_files(files: list, root: str = "") -> TreeScan:
     return scan
 
 
+_SKIPS_SAID = set()  # (root, count, first file) already reported by this process: one line per tree
+
+
 def usable_indices(files: list, root: str, on_bad_file: str) -> list:
     """Indices of the `files` every backend can decode; bad files raise (``error``) or are dropped and counted."""
     problems = scan_files(files, root).problems
     if not problems:
         return list(range(len(files)))
     first = min(problems)
-    others = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-    summary = (f"{len(problems)} of {len(files)} images in {root} cannot be used: "
-               f"{files[first]} ({problems[first]}){others}")
+    named = f"{files[first]} ({problems[first]})" + (f" and {len(problems) - 1} more" if len(problems) > 1 else "")
     if check_policy(on_bad_file) == "error":
-        raise ConfigError(f"source: {summary}; remove or replace them, or skip them "
-                          "(on_bad_file='skip', --on-bad-file skip)")
+        raise ConfigError(f"source: {len(problems)} of {len(files)} images in {root} cannot be used: {named}; "
+                          "remove or replace them, or skip them (on_bad_file='skip', --on-bad-file skip)")
     if len(problems) == len(files):
-        raise ConfigError(f"source: {summary}; nothing is left to read")
-    print(f"rkd: skipping {summary}", file=sys.stderr, flush=True)
+        raise ConfigError(f"source: none of the {len(files)} images in {root} can be used: {named}")
+    if (root, len(problems), files[first]) not in _SKIPS_SAID:
+        _SKIPS_SAID.add((root, len(problems), files[first]))
+        print(f"rkd: skipping the {len(problems)} of {len(files)} images in {root} that cannot be used: {named}",
+              file=sys.stderr, flush=True)
     return [i for i in range(len(files)) if i not in problems]

@@ -150,7 +150,9 @@ def test_skip_leaves_bad_files_out_with_a_count(small_tree, capfd):
     batches = list(loader)
     assert sum(len(labels) for _, labels in batches) == 10 and len(loader) == 5
     err = capfd.readouterr().err
-    assert err.count("skipping 2 of 12 images") == 1 and "zzz_bad.jpg" in err
+    assert err.count("skipping the 2 of 12 images") == 1 and "zzz_bad.jpg" in err
+    open_source(small_tree, "train", on_bad_file="skip")
+    assert "skipping" not in capfd.readouterr().err  # said once per tree
 
 
 def test_scan_is_cached_until_a_file_changes(small_tree, monkeypatch):
@@ -199,7 +201,7 @@ def test_dali_loader_checks_up_front_and_skips(small_tree, capfd):
     loader = build_loader("dali", small_tree, split="train", batch_size=2, image_size=8, num_workers=1,
                           on_bad_file="skip")
     assert sum(len(labels) for _, labels in loader) == 10
-    assert "skipping 1 of 11 images" in capfd.readouterr().err
+    assert "skipping the 1 of 11 images" in capfd.readouterr().err
 
 
 def test_dali_mid_epoch_failure_is_the_projects_sentence(small_tree):
