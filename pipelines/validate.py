@@ -69,7 +69,7 @@ def inspect_file(path: str) -> tuple:
     except FileNotFoundError:
         return ("a dangling symlink" if os.path.islink(path) else "missing"), (0, 0)
     except OSError as err:
-        return f"unreadable ({err.strerror})", (0, 0)
+        return f"unreadable: {err.strerror}", (0, 0)
     if size == 0:
         return "an empty file", (0, 0)
     kind = _image_format(header)
