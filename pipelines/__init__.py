@@ -7,44 +7,82 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
+
 from .errors import ConfigError
-from .sources import ArraySource, FileSource, Source, open_source
-from .spec import AUTOAUGMENT_POLICIES, POLICIES, AugmentSpec
+from .sources import ArraySource, FileSource, Source, open_source, resolve_path
+from .spec import AUTOAUGMENT_POLICIES, POLICIES, AugmentSpec, optional_whole_number, whole_number
+from .validate import ON_BAD_FILE, check_policy
 
 BACKENDS = ("torch", "ffcv", "dali")
 _INSTALL_HINT = {"ffcv": "pip install 'rkd[ffcv]' (needs libturbojpeg0-dev, libopencv-dev, pkg-config; see `make setup`)",
                  "dali": "pip install 'rkd[dali]'"}
 
-__all__ = ["AugmentSpec", "ArraySource", "BACKENDS", "ConfigError", "FileSource", "POLICIES",
+__all__ = ["AugmentSpec", "ArraySource", "BACKENDS", "ConfigError", "FileSource", "ON_BAD_FILE", "POLICIES",
            "AUTOAUGMENT_POLICIES", "Source", "build_loader", "open_source"]
 
 
 def build_loader(backend: str, source: Union[str, Path, Source], *, split: str, batch_size: int,
                  image_size: Optional[int] = None, augment: AugmentSpec = AugmentSpec(), device="cpu",
                  seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: Optional[bool] = None,
-                 num_workers: Optional[int] = None, **backend_options):
+                 num_workers: Optional[int] = None, on_bad_file: str = "error", **backend_options):
     """A loader yielding (images, labels): float normalized channels_last images and int64 labels on `device`.
 
     `len(loader)` is the number of batches per epoch for this rank; `loader.set_epoch(e)` reshuffles and reseeds.
+    A class-folder tree is checked file by file first: `on_bad_file` is "error" (refuse a tree with a file that
+    cannot be decoded, naming it) or "skip" (leave such files out, with a count on stderr).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown --loader {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}")
+    _check_arguments(backend, split, batch_size, image_size, augment, device, seed, rank, world_size, num_workers)
+    check_policy(on_bad_file)
+    if not (backend == "ffcv" and isinstance(source, (str, Path)) and resolve_path(source).suffix == ".beton"):
+        source = open_source(source, split, on_bad_file)
     common = dict(split=split, batch_size=batch_size, image_size=image_size, augment=augment, device=device,
                   seed=seed, rank=rank, world_size=world_size, drop_last=drop_last, num_workers=num_workers,
                   **backend_options)
     if backend == "torch":
-        from .torch_backend import TorchLoader
-        return TorchLoader(open_source(source, split), **common)
+        from .torch_backend import TorchLoader as loader_class
+    else:
+        try:
+            if backend == "ffcv":
+                from .ffcv_backend import FFCVLoader as loader_class
+            else:
+                from .dali_backend import DALILoader as loader_class
+        except ImportError as err:
+            raise ConfigError(f"build_loader: backend {backend!r} needs a package that is missing ({err.name}): "
+                              f"{_INSTALL_HINT[backend]}") from None
+    loader = loader_class(source, **common)
+    if len(loader) == 0:
+        raise ConfigError(f"build_loader: batch_size {batch_size} with drop_last leaves no batch of the {split} "
+                          f"split for rank {rank} of {world_size}: lower batch_size or pass drop_last=False")
+    return loader
+
+
+def _check_arguments(backend: str, split: str, batch_size: int, image_size: Optional[int], augment: AugmentSpec,
+                     device, seed: int, rank: int, world_size: int, num_workers: Optional[int]) -> None:
+    """One-line ConfigErrors (ValueErrors) naming build_loader's parameter for out-of-range arguments."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"build_loader: unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if split not in ("train", "test", "val"):
+        raise ConfigError(f"build_loader: split must be 'train', 'test' or 'val', got {split!r}")
+    whole_number("build_loader", "batch_size", batch_size, minimum=1)
+    optional_whole_number("build_loader", "image_size", image_size, minimum=1)
+    optional_whole_number("build_loader", "num_workers", num_workers, minimum=0)
+    whole_number("build_loader", "seed", seed, minimum=0)
+    whole_number("build_loader", "world_size", world_size, minimum=1)
+    whole_number("build_loader", "rank", rank, minimum=0)
+    if rank >= world_size:
+        raise ConfigError(f"build_loader: rank {rank} is outside 0..{world_size - 1} (world_size {world_size})")
+    if not isinstance(augment, AugmentSpec):
+        raise ConfigError(f"build_loader: augment must be an AugmentSpec, got {type(augment).__name__}")
+    _check_device(device)
+
+
+def _check_device(device) -> None:
+    """A device torch knows, and CUDA only where it is available."""
     try:
-        if backend == "ffcv":
-            from .ffcv_backend import FFCVLoader as loader_class
-        else:
-            from .dali_backend import DALILoader as loader_class
-    except ImportError as err:
-        raise ConfigError(f"--loader {backend} needs a package that is missing ({err.name}): "
-                          f"{_INSTALL_HINT[backend]}") from None
-    return loader_class(source, **common)
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"build_loader: device {device!r} is not a torch device: "
+                          "use 'cpu', 'cuda' or 'cuda:N'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"build_loader: device {device!r}: CUDA is not available here; use device='cpu'")

@@ -11,11 +11,14 @@ the count and the first files named, before any training starts; a .beton never 
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
+import queue
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -25,20 +28,25 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+import torch
 from ffcv.fields import IntField, RGBImageField
 from ffcv.reader import Reader
 from ffcv.types import ALLOC_TABLE_TYPE
 from ffcv import writer as ffcv_writer
-from ffcv.writer import DatasetWriter
+from ffcv.memory_allocator import MemoryAllocator
+from ffcv.writer import MAX_PAGE_SIZE, DatasetWriter
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from .cache import CACHE_ENV, cache_dir, writable_folder  # noqa: F401 - CACHE_ENV was defined here; kept importable
 from .errors import ConfigError
 from .sources import IMAGENET_MEAN, IMAGENET_STD, ArraySource, FileSource, Source, open_source, resolve_path
+from .validate import scan_files
 
 LAYOUT_VERSION = 1  # bump when what this module writes changes: cached conversions are then redone
 WRITE_MODES = ("jpg", "raw", "proportion")
 IMAGE_FIELD, LABEL_FIELD = "image", "label"
-CACHE_ENV = "RKD_CACHE_DIR"
+DEFAULT_PAGE_SIZE = 1 << 23  # FFCV's default (8 MiB); raised to fit the largest image
+_PR_SET_PDEATHSIG = 1  # prctl option (Linux): a signal the kernel sends a process when its parent dies
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,8 @@ def sidecar_path(beton: Path) -> Path:
 
 
 def cache_root() -> Path:
-    """The directory holding cached conversions: ``$RKD_CACHE_DIR/beton`` or ``~/.cache/rkd/beton``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rkd").expanduser() / "beton"
+    """The directory holding cached conversions: ``$RKD_CACHE_DIR/beton`` or ``~/.cache/rkd/beton`` (created)."""
+    return cache_dir("beton")
 
 
 def _resolve_write_mode(write_mode: Optional[str], source: Source) -> str:
@@ -121,8 +129,9 @@ class _ArrayItems:
 class _FileItems:
     """(HWC uint8 RGB image, label) pairs of a FileSource, decoded as the torch backend decodes them.
 
-    Never raises (an exception in an FFCV writer process hangs the writer): an undecodable file is replaced by
-    a 1×1 placeholder and flagged in shared memory; the conversion then refuses the source.
+    Never raises (an exception in an FFCV writer process ends that process): an undecodable file is replaced by
+    a 1×1 placeholder and flagged in shared memory; the conversion then refuses the source. The up-front check
+    of `open_source` has refused such files already; this catches a file that changed since.
     """
 
     def __init__(self, source: FileSource) -> None:
@@ -135,18 +144,91 @@ class _FileItems:
     def __getitem__(self, index: int):
         try:
             image = decode_image(read_file(self.files[index]), mode=ImageReadMode.RGB)
-            return np.ascontiguousarray(image.permute(1, 2, 0).numpy()), int(self.labels[index])
+            if image.dtype == torch.uint8:
+                return np.ascontiguousarray(image.permute(1, 2, 0).numpy()), int(self.labels[index])
         except Exception:  # noqa: BLE001 - anything a broken file raises; reported by the parent
-            self.failed[index] = 1
-            return np.zeros((1, 1, 3), dtype=np.uint8), int(self.labels[index])
+            pass
+        self.failed[index] = 1
+        return np.zeros((1, 1, 3), dtype=np.uint8), int(self.labels[index])
 
 
-def _decode_error(path: str) -> str:
+def _die_with_parent(work, *args) -> None:
+    """Run an FFCV writer job in a process that the kernel kills when its parent dies; an error is reported
+    to the parent through the last argument (a queue) and ends the process quietly with exit code 1."""
+    *args, failures = args
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
     try:
-        decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except Exception as err:  # noqa: BLE001 - describing the failure only
-        return str(err).strip().splitlines()[-1].split(", ")[-1]
-    return "decoded only on the second try"
+        work(*args)
+    except BaseException as err:  # noqa: BLE001 - reported by the parent as one line
+        failures.put(f"{type(err).__name__}: {err}")
+        sys.exit(1)
+
+
+class _SupervisedWriter(DatasetWriter):
+    """FFCV's DatasetWriter whose worker processes can neither hang the conversion nor outlive it.
+
+    FFCV 1.0.2 waits for a sample count that a failed worker never reports (the conversion hangs forever), and
+    its workers keep running when their parent is killed. Here each worker dies with its parent, the parent
+    stops waiting as soon as a worker ends without its results, and whatever ends the write, every worker is
+    stopped and the shared memory released.
+    """
+
+    def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
+        self.num_samples = num_samples
+        self.prepare()
+        processes = []
+        try:
+            work, allocations, failures = multiprocessing.Queue(), multiprocessing.Queue(), multiprocessing.Queue()
+            for todo in queue_content:
+                work.put(todo)
+            for _ in range(self.num_workers):
+                work.put(None)
+            done = multiprocessing.Value(ctypes.c_uint64, 0)
+            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+            args = (work, self.metadata_sm, self.metadata_type, self.fields, allocator, done, allocations,
+                    *extra_worker_args, failures)
+            processes = [multiprocessing.Process(target=_die_with_parent, args=(work_fn, *args), daemon=True)
+                         for _ in range(self.num_workers)]
+            for process in processes:
+                process.start()
+            self.finalize(self._collect(processes, allocations, failures, done))
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.kill()
+                process.join()
+            self.metadata_sm.close()
+            self.metadata_sm.unlink()
+
+    def _collect(self, processes: list, allocations, failures, done) -> list:
+        """Every worker's allocations, showing progress; a RuntimeError when a worker ends without them."""
+        collected, progress, shown = [], ffcv_writer.tqdm(total=self.num_samples), 0
+        try:
+            while len(collected) < len(processes):
+                try:
+                    collected.append(allocations.get(timeout=0.1))
+                except queue.Empty:
+                    if any(p.exitcode not in (None, 0) for p in processes):
+                        raise RuntimeError(self._failure(processes, failures)) from None
+                    if all(p.exitcode == 0 for p in processes):  # all done: their results are in the queue
+                        try:
+                            collected.append(allocations.get(timeout=1))
+                        except queue.Empty:
+                            raise RuntimeError(self._failure(processes, failures)) from None
+                progress.update(done.value - shown)
+                shown = done.value
+        finally:
+            progress.close()
+        return [entry for allocation in collected for entry in allocation]
+
+    @staticmethod
+    def _failure(processes: list, failures) -> str:
+        try:
+            return failures.get(timeout=1)
+        except queue.Empty:
+            return f"a writer process ended with exit code {next((p.exitcode for p in processes if p.exitcode), 0)}"
 
 
 @contextmanager
@@ -166,21 +248,72 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _remove_stale_temporaries(folder: Path, pattern: str) -> None:
+    """Delete the temporary files matching `pattern` in `folder` whose writing process no longer runs."""
+    for tmp in folder.glob(pattern):
+        pid = tmp.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and not _process_runs(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _page_size(source: Source, max_resolution: Optional[int]) -> int:
+    """A page that holds the largest image: FFCV's default, or the next power of two above twice its raw size
+    (a JPEG of noise can exceed the raw size); a one-line ConfigError when no FFCV page is that large."""
+    if isinstance(source, ArraySource):
+        shapes, names = [tuple(source.images.shape[-2:])], [f"the images of {source.path}"]
+    else:
+        shapes, names = scan_files(source.files, str(source.path)).shapes, source.files
+    largest, largest_index = 0, 0
+    for index, (height, width) in enumerate(shapes):
+        if max_resolution is not None and max(height, width) > max_resolution:
+            ratio = max_resolution / max(height, width)  # FFCV's resizer: (ratio * size).astype(int)
+            height, width = int(ratio * height), int(ratio * width)
+        if height * width * 3 > largest:
+            largest, largest_index = height * width * 3, index
+    page = DEFAULT_PAGE_SIZE
+    while page < 2 * largest + (1 << 16):
+        page *= 2
+    if page >= MAX_PAGE_SIZE:
+        raise ConfigError(f"source: {names[largest_index]} is too large for a .beton ({largest} bytes of pixels, "
+                          f"FFCV pages hold under {MAX_PAGE_SIZE // 2}): pass max_resolution (--max-resolution)")
+    return page
+
+
 def _write(source: Source, out: Path, options: dict, num_workers: Optional[int], progress: bool,
            source_key: str) -> BetonInfo:
-    """Write `source` to `out` and its sidecar, both atomically (temporary file + os.replace)."""
+    """Write `source` to `out` and its sidecar, both atomically (temporary file + os.replace).
+
+    Temporaries that a killed conversion left in the folder are removed first; a failed conversion removes its
+    own. The page size fits the largest image (FFCV's writer cannot store an image larger than a page).
+    """
     items = _ArrayItems(source) if isinstance(source, ArraySource) else _FileItems(source)
     image_field = RGBImageField(write_mode=options["write_mode"], max_resolution=options["max_resolution"],
                                 jpeg_quality=options.get("jpeg_quality", 90),
                                 compress_probability=options.get("compress_probability", 0.5))
     workers = num_workers or len(os.sched_getaffinity(0))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(out.parent, "output folder")
+    _remove_stale_temporaries(out.parent, ".*.beton*.tmp-*")
+    page_size = _page_size(source, options["max_resolution"])
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        writer = DatasetWriter(str(tmp), {IMAGE_FIELD: image_field, LABEL_FIELD: IntField()},
-                               num_workers=max(1, min(workers, -(-len(items) // 100))))
+        writer = _SupervisedWriter(str(tmp), {IMAGE_FIELD: image_field, LABEL_FIELD: IntField()},
+                                   page_size=page_size, num_workers=max(1, min(workers, -(-len(items) // 100))))
         with _progress_bar(progress, f"converting {out.name}"):
-            writer.from_indexed_dataset(items, chunksize=100)
+            try:
+                writer.from_indexed_dataset(items, chunksize=100)
+            except RuntimeError as err:
+                raise ConfigError(f"source: converting {source.path} to {out} failed in FFCV's writer ({err}); "
+                                  "nothing was written") from None
         if isinstance(items, _FileItems):
             _refuse_failures(items, source)
         info = _describe(source, tmp, options, source_key)
@@ -195,10 +328,10 @@ def _write(source: Source, out: Path, options: dict, num_workers: Optional[int],
 def _refuse_failures(items: _FileItems, source: FileSource) -> None:
     failed = np.flatnonzero(np.frombuffer(items.failed, dtype=np.int8))
     if len(failed):
-        first = items.files[failed[0]]
         others = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
-        raise ConfigError(f"--data: {len(failed)} of {len(items)} images in {source.path} cannot be decoded: "
-                          f"{first} ({_decode_error(first)}){others}; remove or replace them and convert again")
+        raise ConfigError(f"source: {len(failed)} of {len(items)} images in {source.path} changed since they were "
+                          f"checked and no longer decode as 8-bit images: {items.files[failed[0]]}{others}; "
+                          "remove or replace them and convert again")
 
 
 def _describe(source: Source, beton: Path, options: dict, source_key: str) -> BetonInfo:
@@ -217,28 +350,49 @@ def _sidecar_dict(info: BetonInfo) -> dict:
             "beton_bytes": info.path.stat().st_size}
 
 
-def _open(source: Union[str, Path, Source], split: str) -> Source:
+def _open(source: Union[str, Path, Source], split: str, on_bad_file: str) -> Source:
     if isinstance(source, (str, Path)) and resolve_path(source).suffix == ".beton":
-        raise ConfigError(f"--data: {source} is already a .beton file; convert its source instead")
-    return open_source(source, split)
+        raise ConfigError(f"source: {source} is already a .beton file; convert its source instead")
+    return open_source(source, split, on_bad_file)
+
+
+def recorded_source(info: BetonInfo) -> str:
+    """The source `info`'s sidecar names, after checking that it still holds the dataset converted into it."""
+    if not info.source or not resolve_path(info.source).exists():
+        raise ConfigError(f"source: {info.path} does not name an existing source in {sidecar_path(info.path).name}, "
+                          "so there is no test split to evaluate on; pass the dataset itself (the ffcv loader "
+                          "converts and caches it)")
+    now = open_source(info.source, info.split or "train")
+    found = {"kind": now.kind, "channels": now.channels, "classes": now.num_classes,
+             "image size": now.native_size if now.kind == "array" else None}
+    recorded = {"kind": info.kind, "channels": info.channels, "classes": info.num_classes,
+                "image size": info.native_size if info.kind == "array" else None}
+    differ = [f"{key} {recorded[key]} then, {found[key]} now" for key in found if found[key] != recorded[key]]
+    if info.classes is not None and isinstance(now, FileSource) and tuple(now.classes) != tuple(info.classes):
+        differ.append("other class folders")
+    if differ:
+        raise ConfigError(f"source: {info.path} was converted from {info.source}, which now holds another dataset "
+                          f"({'; '.join(differ)}): convert it again (rkd convert --force) or pass the dataset itself")
+    return info.source
 
 
 def convert_to_beton(source: Union[str, Path, Source], out_path: Union[str, Path], *, split: str = "train",
                      max_resolution: Optional[int] = None, write_mode: Optional[str] = None,
                      jpeg_quality: int = 90, compress_probability: float = 0.5, num_workers: Optional[int] = None,
-                     force: bool = False, progress: bool = True) -> BetonInfo:
+                     force: bool = False, progress: bool = True, on_bad_file: str = "error") -> BetonInfo:
     """Convert one split of `source` (alias, path or Source) to the .beton `out_path` (plus its JSON sidecar).
 
     `max_resolution` caps the longer side (FFCV's INTER_AREA downscale); `write_mode` is jpg, raw or
     proportion (a random `compress_probability` share as JPEG); None means raw for in-memory arrays and jpg
-    for JPEG trees. Refuses to overwrite `out_path` unless `force`.
+    for JPEG trees. Refuses to overwrite `out_path` unless `force`. A tree's undecodable files are refused, or
+    left out with `on_bad_file="skip"` (see `pipelines.open_source`).
     """
     out = Path(out_path).expanduser()
     if out.suffix != ".beton":
         raise ConfigError(f"{out}: the output file name must end in .beton")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
-    opened = _open(source, split)
+    opened = _open(source, split, on_bad_file)
     options = _conversion_options(opened, max_resolution, write_mode, jpeg_quality, compress_probability)
     return _write(opened, out, options, num_workers, progress, source_key=source_fingerprint(opened, options))
 
@@ -275,11 +429,10 @@ def cached_beton(source: Union[str, Path, Source], split: str, *, cache_dir: Opt
     The file is named by `source_fingerprint`, so a changed source or other options convert anew; a lock file
     makes concurrent callers (ranks, train and test loaders) convert once and share the result.
     """
-    opened = _open(source, split)
+    opened = _open(source, split, "error")
     options = _conversion_options(opened, max_resolution, write_mode, jpeg_quality, compress_probability)
     key = source_fingerprint(opened, options)
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = writable_folder(cache_dir, "cache_dir") if cache_dir is not None else cache_root()
     out = folder / f"{opened.name}-{opened.split}-{key[:20]}.beton"
     with open(folder / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

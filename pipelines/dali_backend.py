@@ -71,7 +71,6 @@ from nvidia.dali.auto_aug.core import Policy, augmentation, select, signed_bin
 from nvidia.dali.auto_aug.rand_augment import apply_rand_augment
 from nvidia.dali.auto_aug.trivial_augment import apply_trivial_augment
 from nvidia.dali.plugin.pytorch import feed_ndarray
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from .device_stage import DeviceStage
@@ -80,6 +79,7 @@ from .sampling import derive_seed, shard_indices, split_batches
 from .sources import ArraySource, FileSource, Source, open_source
 from .spec import AugmentSpec
 from .torch_backend import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION
+from .validate import inspect_file
 
 AUGMENT_BACKENDS = ("dali", "rkd")
 
@@ -460,16 +460,15 @@ class DALILoader:
         return out[:count].permute(0, 3, 1, 2)
 
     def _read_error(self, err: RuntimeError, pending: List[np.ndarray]) -> ConfigError:
-        """A one-line error for a failed batch, naming the file if one of the `pending` batches holds it."""
-        cause = _dali_cause(err)
+        """A one-line error for a failed batch, naming the file if one of the `pending` batches holds it (a file
+        that changed after `open_source` checked it)."""
         if isinstance(self.source, FileSource):
             for index in np.concatenate(pending):
                 path = self.source.files[index]
-                try:
-                    decode_image(read_file(path), mode=ImageReadMode.RGB)
-                except RuntimeError:
-                    return ConfigError(f"--data: cannot decode {path} ({cause}); remove or replace the file")
-        return ConfigError(f"--data: DALI failed on {self.source.path} ({cause})")
+                reason, _ = inspect_file(path)
+                if reason:
+                    return ConfigError(f"source: DALI cannot decode {path} ({reason}); remove or replace the file")
+        return ConfigError(f"source: DALI failed on {self.source.path} ({_dali_cause(err)})")
 
     def __iter__(self) -> Iterator:
         batches = self._batches()
@@ -487,8 +486,12 @@ class DALILoader:
             del pipe
 
 
+_DALI_NOISE = ("pipeline", "nvImageCodec failure", "Current pipeline object")
+
+
 def _dali_cause(err: Exception) -> str:
     """The line of a DALI error that names the cause (DALI errors carry the whole pipeline traceback)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    lines = [line for line in lines if "pipeline" not in line and not line.startswith(("File ", "Error in"))]
-    return lines[-1] if lines else "unknown error"
+    lines = [line for line in lines if not any(noise in line for noise in _DALI_NOISE)
+             and not line.startswith(("File ", "Error in")) and ".cc:" not in line and ".h:" not in line]
+    return lines[-1] if lines else "its decoder failed"

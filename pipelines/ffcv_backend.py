@@ -38,6 +38,7 @@ from ffcv.traversal_order import QuasiRandom
 from ffcv.traversal_order.base import TraversalOrder
 from numba import njit
 
+from .crops import eval_crop_box
 from .beton import IMAGE_FIELD, LABEL_FIELD, BetonInfo, cached_beton, read_beton
 from .device_stage import DeviceStage
 from .errors import ConfigError
@@ -77,24 +78,6 @@ OSCacheManager.compile_reader = _os_cache_compile_reader
 @njit
 def _seed_thread_rng(seed: int) -> None:
     np.random.seed(seed)
-
-
-def eval_crop_box(height, width, size, resize_to):
-    """The source box (top, left, h, w) that Resize(resize_to) + CenterCrop(size) keeps, rounded to pixels.
-
-    Same arithmetic as torchvision (int() for the long side, round-half-even anchors), so when the image's
-    short side already is `resize_to` the box is exactly torchvision's crop.
-    """
-    short, long = min(height, width), max(height, width)
-    new_long = int(resize_to * long / short)
-    new_h, new_w = (resize_to, new_long) if height <= width else (new_long, resize_to)
-    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
-    scale_y, scale_x = height / new_h, width / new_w
-    h = min(height, max(1, round(size * scale_y)))
-    w = min(width, max(1, round(size * scale_x)))
-    i = min(height - h, max(0, round(top * scale_y)))
-    j = min(width - w, max(0, round(left * scale_x)))
-    return i, j, h, w
 
 
 @njit(nogil=True)
@@ -285,6 +268,10 @@ class FFCVLoader:
         self.train = split == "train"
         self.info, self.source = open_beton(source, split, write_mode=write_mode, max_resolution=max_resolution,
                                             jpeg_quality=jpeg_quality, cache_dir=cache_dir)
+        if self.train and self.info.split == "test":
+            raise ConfigError(f"source: {self.info.path} holds the test split of {self.info.source or self.info.name}, "
+                              "which must not be trained on: convert the train split (rkd convert SOURCE OUT "
+                              "--split train)")
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.drop_last = self.train if drop_last is None else drop_last
         self.image_size = image_size or self.info.native_size

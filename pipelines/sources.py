@@ -6,8 +6,11 @@ Two kinds: `ArraySource` (decoded uint8 images in memory: Fashion-MNIST IDX, CIF
 from __future__ import annotations
 
 import gzip
+import importlib
 import pickle
 import struct
+import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .validate import check_policy, usable_indices
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCE_ALIASES = {"fashion-mnist": FASHION_MNIST_DIR}
@@ -70,6 +74,7 @@ class FileSource:
     classes: list
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    checked: bool = False  # every file passed pipelines.validate's up-front check
     kind: str = field(default="files", init=False)
 
     def __len__(self) -> int:
@@ -119,10 +124,15 @@ def detect_format(path: Path) -> str:
         "a CIFAR-10/100 python-pickle folder, or an ImageNet-style folder with train/ and val/")
 
 
-def open_source(spec: Union[str, Path, Source], split: str) -> Source:
-    """Open a data source by alias or path for one split ('train' or 'test'; 'val' is an alias of 'test')."""
+def open_source(spec: Union[str, Path, Source], split: str, on_bad_file: str = "error") -> Source:
+    """Open a data source by alias or path for one split ('train' or 'test'; 'val' is an alias of 'test').
+
+    A class-folder tree's files are all checked first (`pipelines.validate`): a file that some backend cannot
+    decode is an error naming it (`on_bad_file="error"`) or is left out with a count (`"skip"`).
+    """
+    check_policy(on_bad_file)
     if isinstance(spec, (ArraySource, FileSource)):
-        return spec
+        return checked(spec, on_bad_file)
     split = "test" if split == "val" else split
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: choose train or test")
@@ -135,7 +145,7 @@ def open_source(spec: Union[str, Path, Source], split: str) -> Source:
     if fmt == "cifar100":
         return _read_cifar_source(path, split, fine=True)
     if fmt == "imagefolder":
-        return _read_image_folder(path, split)
+        return checked(_read_image_folder(path, split), on_bad_file)
     raise ConfigError(f"--data: {path} is a .beton file, which only the ffcv loader reads (use --loader ffcv)")
 
 
@@ -174,14 +184,50 @@ def _read_idx_source(path: Path, split: str) -> ArraySource:
                        mean=mean, std=std)
 
 
+# Everything a CIFAR python pickle holds: containers, numbers, bytes/str, and numpy arrays (as numpy 1 and 2
+# spell their reconstruction functions; `_codecs.encode` is how protocol 2 stores bytes).
+_CIFAR_GLOBALS = {
+    "builtins": {"dict", "list", "tuple", "set", "frozenset", "bytes", "bytearray", "str", "int", "float",
+                 "complex", "bool"},
+    "_codecs": {"encode"},
+    "numpy": {"ndarray", "dtype"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+    "numpy.core.numeric": {"_frombuffer"},
+    "numpy._core.numeric": {"_frombuffer"},
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what the CIFAR format holds and refuses every other global (no code runs)."""
+
+    def find_class(self, module: str, name: str):
+        module = "builtins" if module == "__builtin__" else module
+        if name not in _CIFAR_GLOBALS.get(module, ()):
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR pickle never holds")
+        if module.startswith("numpy."):  # numpy 2 moved numpy.core to numpy._core; either spelling loads
+            available = "numpy._core" if hasattr(np, "_core") else "numpy.core"
+            module = available + module[module.index(".", len("numpy.")):]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return getattr(importlib.import_module(module), name)
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            entry = _CifarUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
-        raise ConfigError(f"--data: {path} is missing") from None
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
-        raise ConfigError(f"--data: {path} is not a CIFAR python pickle ({err})") from None
+        raise ConfigError(f"source: {path} is missing") from None
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, struct.error) as err:
+        raise ConfigError(f"source: {path} is not a CIFAR python pickle ({err}); "
+                          "replace it with the file from the CIFAR download") from None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"source: {path} holds a {type(entry).__name__}, not a CIFAR batch dict; "
+                          "replace it with the file from the CIFAR download")
+    return entry
 
 
 def _read_cifar_source(path: Path, split: str, fine: bool) -> ArraySource:
@@ -194,18 +240,27 @@ def _read_cifar_source(path: Path, split: str, fine: bool) -> ArraySource:
         batches = [b for b in batches if b.exists()] or batches[:1]
         label_key, num_classes, name = b"labels", 10, "cifar10"
         mean, std = CIFAR10_MEAN, CIFAR10_STD
-    images, labels = [], []
-    for batch in batches:
-        entry = _unpickle(batch)
-        if b"data" not in entry or label_key not in entry:
-            raise ConfigError(f"--data: {batch} lacks the 'data' or '{label_key.decode()}' entry of a CIFAR pickle")
-        data = np.asarray(entry[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ConfigError(f"--data: {batch} 'data' has shape {data.shape}; CIFAR rows are 3072 bytes")
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(entry[label_key], dtype=np.int64))
+    images, labels = zip(*(_read_cifar_batch(batch, label_key, num_classes) for batch in batches))
     return ArraySource(name=name, path=path, split=split, images=torch.from_numpy(np.concatenate(images)),
                        labels=torch.from_numpy(np.concatenate(labels)), num_classes=num_classes, mean=mean, std=std)
+
+
+def _read_cifar_batch(batch: Path, label_key: bytes, num_classes: int) -> tuple:
+    """(uint8 (N, 3, 32, 32) images, int64 labels) of one CIFAR pickle, checked against the format."""
+    entry = _unpickle(batch)
+    if b"data" not in entry or label_key not in entry:
+        raise ConfigError(f"source: {batch} lacks the 'data' or '{label_key.decode()}' entry of a CIFAR pickle")
+    try:
+        data = np.asarray(entry[b"data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ConfigError(f"source: {batch} holds entries that are not CIFAR pixels and labels ({err})") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ConfigError(f"source: {batch} 'data' has shape {data.shape}; CIFAR rows are 3072 bytes")
+    if labels.shape != (len(data),) or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes):
+        raise ConfigError(f"source: {batch} needs one label in 0..{num_classes - 1} per image; "
+                          f"it has {labels.size} labels for {len(data)} images")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _read_image_folder(path: Path, split: str) -> FileSource:
@@ -230,6 +285,15 @@ def _read_image_folder(path: Path, split: str) -> FileSource:
                       labels=torch.tensor(labels, dtype=torch.int64), classes=classes)
 
 
+def checked(source: Source, on_bad_file: str = "error") -> Source:
+    """`source` with every file checked up front (see `open_source`); array sources as they are."""
+    if not isinstance(source, FileSource) or source.checked:
+        return source
+    usable = usable_indices(source.files, str(source.path), on_bad_file)
+    kept = take(source, torch.tensor(usable, dtype=torch.int64)) if len(usable) < len(source) else source
+    return dataclasses.replace(kept, checked=True)
+
+
 def take(source: Source, indices: torch.Tensor) -> Source:
     """The samples of `source` at `indices`, as a source of the same kind."""
     indices = torch.as_tensor(indices, dtype=torch.int64)
@@ -239,4 +303,4 @@ def take(source: Source, indices: torch.Tensor) -> Source:
                            std=source.std)
     return FileSource(name=source.name, path=source.path, split=source.split,
                       files=[source.files[i] for i in indices.tolist()], labels=source.labels[indices],
-                      classes=source.classes, mean=source.mean, std=source.std)
+                      classes=source.classes, mean=source.mean, std=source.std, checked=source.checked)

@@ -1,12 +1,32 @@
 """AugmentSpec: what augmentation a loader applies, the same for every backend."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from .errors import ConfigError
 
 POLICIES = ("none", "randaugment", "autoaugment", "trivialaugment")
 AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")
+
+
+def is_whole(value) -> bool:
+    """True for an integer (Python or numpy), False for bools, floats (even 9.0), NaN and anything else."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def whole_number(api: str, name: str, value, minimum: int, unit: str = "") -> int:
+    """`value` when it is an integer >= `minimum`; else a one-line ConfigError naming `api`'s parameter `name`."""
+    if not is_whole(value) or value < minimum:
+        raise ConfigError(f"{api}: {name} must be an integer >= {minimum}{unit}, got {value!r}")
+    return int(value)
+
+
+def optional_whole_number(api: str, name: str, value: Optional[int], minimum: int) -> Optional[int]:
+    """`whole_number` that lets None through (the parameter's default)."""
+    return None if value is None else whole_number(api, name, value, minimum)
 
 
 @dataclass(frozen=True)
@@ -29,24 +49,25 @@ class AugmentSpec:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ConfigError(f"unknown augmentation policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
-        if self.num_magnitude_bins < 2:
-            raise ConfigError(f"num_magnitude_bins must be at least 2, got {self.num_magnitude_bins}")
-        if not 0 <= self.magnitude < self.num_magnitude_bins:
-            raise ConfigError(
-                f"magnitude {self.magnitude} is outside 0..{self.num_magnitude_bins - 1} "
-                f"(a bin of {self.num_magnitude_bins}, as torchvision's RandAugment)")
-        if self.num_ops < 1:
-            raise ConfigError(f"num_ops must be at least 1, got {self.num_ops}")
-        if self.magnitude_std < 0:
-            raise ConfigError(f"magnitude_std must be >= 0, got {self.magnitude_std}")
+            raise ConfigError(f"AugmentSpec: unknown policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
+        whole_number("AugmentSpec", "num_magnitude_bins", self.num_magnitude_bins, minimum=2)
+        last = self.num_magnitude_bins - 1
+        if not is_whole(self.magnitude):
+            raise ConfigError(f"AugmentSpec: magnitude must be an integer bin in 0..{last}, got {self.magnitude!r}")
+        if not 0 <= self.magnitude <= last:
+            raise ConfigError(f"AugmentSpec: magnitude {self.magnitude} is outside 0..{last} "
+                              f"(a bin of {self.num_magnitude_bins}, as torchvision's RandAugment)")
+        whole_number("AugmentSpec", "num_ops", self.num_ops, minimum=1)
+        if not (isinstance(self.magnitude_std, numbers.Real) and not isinstance(self.magnitude_std, bool)
+                and math.isfinite(self.magnitude_std) and self.magnitude_std >= 0):
+            raise ConfigError(f"AugmentSpec: magnitude_std must be a finite number >= 0, got {self.magnitude_std!r}")
         if self.magnitude_std > 0 and self.policy != "randaugment":
-            raise ConfigError(f"magnitude_std applies to randaugment only, not {self.policy!r}: set it to 0")
+            raise ConfigError(f"AugmentSpec: magnitude_std applies to randaugment only, not {self.policy!r}: "
+                              "set it to 0")
         if self.autoaugment_policy not in AUTOAUGMENT_POLICIES:
-            raise ConfigError(f"unknown AutoAugment policy {self.autoaugment_policy!r}: "
+            raise ConfigError(f"AugmentSpec: unknown autoaugment_policy {self.autoaugment_policy!r}: "
                               f"choose one of {', '.join(AUTOAUGMENT_POLICIES)}")
-        if self.cutout < 0:
-            raise ConfigError(f"cutout must be >= 0 pixels, got {self.cutout}")
+        whole_number("AugmentSpec", "cutout", self.cutout, minimum=0, unit=" pixels")
 
     @property
     def enabled(self) -> bool:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
+from .crops import EvalResizeCrop
 from .device_stage import DeviceStage
 from .errors import ConfigError
 from .sampling import derive_seed, shard_indices, split_batches
@@ -84,8 +85,7 @@ class _BatchDataset(Dataset):
         self.worker_policy, self.seed, self.rank = worker_policy, seed, rank
         if isinstance(source, FileSource):
             crop = (v2.RandomResizedCrop(image_size, antialias=True) if train
-                    else v2.Compose([v2.Resize(round(image_size / EVAL_CROP_FRACTION), antialias=True),
-                                     v2.CenterCrop(image_size)]))
+                    else EvalResizeCrop(image_size, round(image_size / EVAL_CROP_FRACTION)))
             steps = [crop, v2.RandomHorizontalFlip()] if train else [crop]
             self.file_transform = v2.Compose(steps + ([worker_policy] if worker_policy else []))
 

@@ -43,7 +43,7 @@ class AnalyzeOptions:
 
 def analysis_loader(data: DataOptions, facts: DatasetFacts, options: AnalyzeOptions, device, augment):
     """A deterministic loader over the first `max_images` of a fixed permutation of the split."""
-    source = open_source(data.data, options.split)
+    source = open_source(data.data, options.split, data.on_bad_file)
     if len(source) > options.max_images:
         order = torch.randperm(len(source), generator=torch.Generator().manual_seed(options.seed))
         source = take(source, order[:options.max_images].sort().values)

@@ -25,6 +25,7 @@ class DataOptions:
     workers: Optional[int] = None
     train_eval_size: int = 10000
     train_images: Optional[int] = None
+    on_bad_file: str = "error"  # a class-folder tree's undecodable files: refuse the tree, or skip them
 
     def to_dict(self) -> dict:
         return {**asdict(self), "augment": self.augment.to_dict()}
@@ -47,20 +48,16 @@ def evaluation_data(options: DataOptions) -> str:
         return options.data
     if options.loader != "ffcv":
         raise ConfigError(f"--data: {path} is a .beton file, which only the ffcv loader reads (use --loader ffcv)")
-    from pipelines.beton import read_beton
+    from pipelines.beton import read_beton, recorded_source
 
-    original = read_beton(path).source
-    if not original or not resolve_path(original).exists():
-        raise ConfigError(f"--data: {path} does not name an existing source in {path.name}.json, so there is no test "
-                          "split to evaluate on; pass the dataset itself (--loader ffcv converts and caches it)")
-    return original
+    return recorded_source(read_beton(path))
 
 
 def dataset_facts(options: DataOptions) -> DatasetFacts:
     """Class count, channels, image size and dataset kind of the data (reads the evaluation test split)."""
     data = evaluation_data(options)
     fmt = detect_format(resolve_path(data))
-    source = open_source(data, "test")
+    source = open_source(data, "test", options.on_bad_file)
     kind = source.name if fmt in ("idx", "cifar10", "cifar100") else "imagefolder"
     image_size = options.image_size or source.native_size or 224
     return DatasetFacts(kind, source.num_classes, source.channels, image_size)
@@ -70,7 +67,7 @@ def training_source(options: DataOptions):
     """The training data: the whole train split, or `train_images` of it (a fixed random subset), as a Source."""
     if options.train_images is None:
         return options.data
-    source = open_source(options.data, "train")
+    source = open_source(options.data, "train", options.on_bad_file)
     if options.train_images >= len(source):
         return options.data
     chosen = torch.randperm(len(source), generator=torch.Generator().manual_seed(1))[:options.train_images]
@@ -82,7 +79,8 @@ def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device
     return pipelines.build_loader(options.loader, training_source(options), split="train",
                                   batch_size=options.batch_size,
                                   image_size=facts.image_size, augment=options.augment, device=device, seed=seed,
-                                  rank=dist.rank, world_size=dist.world_size, num_workers=options.workers)
+                                  rank=dist.rank, world_size=dist.world_size, num_workers=options.workers,
+                                  on_bad_file=options.on_bad_file)
 
 
 def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device) -> tuple:
@@ -97,8 +95,9 @@ def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device
                                       image_size=facts.image_size, device=device, num_workers=options.workers)
 
     data = evaluation_data(options)
-    train = open_source(data if options.train_images is None else training_source(options), "train")
+    train = open_source(data if options.train_images is None else training_source(options), "train",
+                        options.on_bad_file)
     if len(train) > options.train_eval_size:
         chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:options.train_eval_size]
         train = take(train, chosen.sort().values)
-    return loader(open_source(data, "test")), loader(train)
+    return loader(open_source(data, "test", options.on_bad_file)), loader(train)

@@ -285,7 +285,7 @@ def test_bad_input_gives_clear_errors():
         augment(images, 0)
     with pytest.raises(TypeError, match="AugmentSpec"):
         build_policy("randaugment")
-    with pytest.raises(ConfigError, match="unknown augmentation policy"):
+    with pytest.raises(ConfigError, match="AugmentSpec: unknown policy 'augmix'"):
         AugmentSpec("augmix")
     with pytest.raises(ConfigError, match="outside 0..30"):
         RandAugment(2, 31)

@@ -10,8 +10,12 @@ Each FFCV loader compiles its pipeline with numba on its first epoch (seconds): 
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
+import signal
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -23,6 +27,7 @@ pytest.importorskip("ffcv", reason="the ffcv backend needs the ffcv package (pip
 
 from click.testing import CliRunner  # noqa: E402
 from ffcv.fields import FloatField, IntField, RGBImageField  # noqa: E402
+from ffcv.reader import Reader  # noqa: E402
 from ffcv.writer import DatasetWriter  # noqa: E402
 from formats import write_jpeg_tree  # noqa: E402
 
@@ -296,6 +301,131 @@ def test_corrupt_jpegs_refuse_the_conversion(sized_tree, tmp_path):
     files[1].write_bytes(files[1].read_bytes()[:200])  # truncated
     files[4].write_bytes(b"not a jpeg")
     out = tmp_path / "broken.beton"
-    with pytest.raises(ConfigError, match=f"2 of 12 images .* cannot be decoded: {files[1]} .* and 1 more"):
+    with pytest.raises(ConfigError, match=f"2 of 12 images .* cannot be used: {files[1]} .* and 1 more"):
         convert_to_beton(tree, out, split="val", progress=False)
     assert not out.exists() and not list(tmp_path.glob(".broken.beton*"))
+
+
+# --- hardening: conversions that cannot hang, leave nothing behind, and .beton files checked against their use ------
+
+def _tiny_tree(root: Path) -> Path:
+    return write_jpeg_tree(root, classes=2, train_per_class=3, val_per_class=2, size=(16, 12))
+
+
+def _leftovers(folder: Path) -> list:
+    return sorted(p.name for p in folder.glob(".*.tmp-*"))
+
+
+def test_16bit_png_is_refused_before_converting(tmp_path):
+    tree = _tiny_tree(tmp_path / "tree")
+    deep = tree / "train" / "n00000001" / "deep.png"
+    from PIL import Image
+    Image.fromarray(np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300).save(deep)
+    out = tmp_path / "out" / "deep.beton"
+    with pytest.raises(ConfigError, match=f"{deep} \\(a 16-bit PNG") as raised:
+        convert_to_beton(tree, out, progress=False)
+    assert "\n" not in str(raised.value) and not out.exists() and not _leftovers(out.parent)
+
+
+def test_image_larger_than_ffcvs_default_page_converts(tmp_path):
+    tree = _tiny_tree(tmp_path / "tree")
+    from PIL import Image
+    Image.fromarray(np.full((1800, 1800, 3), 90, np.uint8)).save(tree / "train" / "n00000000" / "big.png")
+    info = convert_to_beton(tree, tmp_path / "big.beton", write_mode="raw", progress=False)  # 9.7 MB > 8 MiB page
+    images = Reader(str(tmp_path / "big.beton")).metadata["f0"]
+    assert info.num_samples == 7 and (1800, 1800) in set(zip(images["height"].tolist(), images["width"].tolist()))
+
+
+def test_a_failing_writer_process_ends_the_conversion(tmp_path, monkeypatch):
+    def broken_encode(self, destination, image, malloc):
+        raise ValueError("no space in this field")
+
+    monkeypatch.setattr(RGBImageField, "encode", broken_encode)
+    tree = _tiny_tree(tmp_path / "tree")
+    out = tmp_path / "never.beton"
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="failed in FFCV's writer \\(ValueError: no space in this field\\)") as raised:
+        convert_to_beton(tree, out, num_workers=2, progress=False)
+    assert time.monotonic() - started < 30 and "\n" not in str(raised.value)
+    assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_stale_temporaries_are_removed_at_the_next_start(fmnist_dir, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [tmp_path / f".old.beton.tmp-{dead.pid}", tmp_path / f".old.beton.json.tmp-{dead.pid}"]
+    alive = tmp_path / f".other.beton.tmp-{os.getpid()}"  # a conversion still running: kept
+    for path in (*stale, alive):
+        path.write_bytes(b"partial")
+    convert_to_beton(fmnist_dir, tmp_path / "new.beton", split="test", progress=False)
+    assert _leftovers(tmp_path) == [alive.name]
+
+
+def _children(pid: int) -> list:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_writer_processes_die_with_a_killed_conversion(fmnist_dir, tmp_path, monkeypatch):
+    import pipelines.beton as beton
+    item = beton._ArrayItems.__getitem__
+    monkeypatch.setattr(beton._ArrayItems, "__getitem__", lambda self, i: (time.sleep(0.05), item(self, i))[1])
+    out = tmp_path / "killed.beton"
+    conversion = multiprocessing.get_context("fork").Process(
+        target=convert_to_beton, args=(fmnist_dir, out), kwargs=dict(num_workers=2, progress=False))
+    conversion.start()  # the conversion's own process: its writers are its children
+    deadline = time.monotonic() + 60
+    while len(writers := _children(conversion.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(writers) >= 2 and conversion.is_alive()
+    os.kill(conversion.pid, signal.SIGKILL)
+    conversion.join()
+    deadline = time.monotonic() + 10
+    while any(map(_running, writers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_running, writers)) and not out.exists() and _leftovers(tmp_path)
+    monkeypatch.setattr(beton._ArrayItems, "__getitem__", item)
+    convert_to_beton(fmnist_dir, tmp_path / "next.beton", split="test", progress=False)  # the next start cleans up
+    assert not _leftovers(tmp_path)
+
+
+def test_beton_of_the_test_split_is_refused_for_training(fmnist_dir, tmp_path):
+    beton = tmp_path / "test.beton"
+    convert_to_beton(fmnist_dir, beton, split="test", progress=False)
+    with pytest.raises(ConfigError, match="holds the test split .* convert the train split") as raised:
+        build_loader("ffcv", beton, split="train", batch_size=8, num_workers=1)
+    assert "\n" not in str(raised.value)
+    assert len(build_loader("ffcv", beton, split="test", batch_size=8, num_workers=1)) == 16
+
+
+def test_beton_whose_source_now_holds_another_dataset(fmnist_dir, cifar10_dir, tmp_path):
+    from rkd.data import DataOptions, evaluation_data
+    source = shutil.copytree(fmnist_dir, tmp_path / "data")
+    beton = tmp_path / "train.beton"
+    convert_to_beton(source, beton, split="train", progress=False)
+    assert evaluation_data(DataOptions(data=str(beton), loader="ffcv")) == str(source)
+    shutil.rmtree(source)
+    shutil.copytree(cifar10_dir, source)
+    with pytest.raises(ConfigError, match="now holds another dataset \\(channels 1 then, 3 now") as raised:
+        evaluation_data(DataOptions(data=str(beton), loader="ffcv"))
+    assert "\n" not in str(raised.value)
+
+
+def test_read_only_cache_dir_is_one_line(fmnist_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cache_dir .* cannot hold files") as raised:
+        cached_beton(fmnist_dir, "test", cache_dir=blocker / "sub", progress=False)
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match=f"output folder {blocker} cannot hold files") as raised:
+        convert_to_beton(fmnist_dir, blocker / "out.beton", split="test", progress=False)
+    assert "\n" not in str(raised.value)

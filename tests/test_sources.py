@@ -72,3 +72,24 @@ def test_malformed_cifar_pickle(tmp_path):
 def test_unknown_split(fmnist_dir):
     with pytest.raises(ConfigError, match="unknown split"):
         open_source(fmnist_dir, "holdout")
+
+
+def test_checked_sources_pass_through_and_subsets_stay_checked(jpeg_tree, monkeypatch):
+    from pipelines import sources
+    train = open_source(jpeg_tree, "train")
+    assert train.checked and sources.take(train, torch.tensor([0, 3])).checked
+    monkeypatch.setattr(sources, "usable_indices", lambda *args: pytest.fail("a checked source was checked again"))
+    assert open_source(train, "train") is train
+    unchecked = sources.dataclasses.replace(train, checked=False)
+    monkeypatch.undo()
+    assert open_source(unchecked, "train").checked
+
+
+def test_cifar_pickle_of_a_numpy_object_array_is_refused(tmp_path):
+    """An object array unpickles element by element through globals a CIFAR file never holds."""
+    rows = np.empty(1, dtype=object)
+    rows[0] = pickle.loads  # a function inside an array
+    for name in ("data_batch_1", "test_batch"):
+        (tmp_path / name).write_bytes(pickle.dumps({b"data": rows, b"labels": [0]}, protocol=2))
+    with pytest.raises(ConfigError, match="data_batch_1 is not a CIFAR python pickle .*pickle.loads, which"):
+        open_source(tmp_path, "train")

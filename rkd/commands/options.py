@@ -48,6 +48,9 @@ data_options = _stack([
     click.option("--image-size", type=click.IntRange(1), default=None,
                  help="Training resolution [native; 224 for JPEG trees]."),
     click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes [auto]."),
+    click.option("--on-bad-file", default="error", show_default=True, type=click.Choice(pipelines.ON_BAD_FILE),
+                 help="A class-folder tree's files that cannot be decoded (checked before training): refuse the "
+                      "tree, or skip them with a count."),
 ])
 
 model_options = _stack([
@@ -91,7 +94,8 @@ def build_data_options(kw: dict, dataset_defaults: dict, default_policy: str) ->
         check_cache_dir()
     return DataOptions(data=kw.pop("data"), loader=kw.pop("loader_backend"),
                        batch_size=_pop_or(kw, "batch_size", dataset_defaults["batch_size"]),
-                       image_size=kw.pop("image_size"), augment=augment, workers=kw.pop("workers"))
+                       image_size=kw.pop("image_size"), augment=augment, workers=kw.pop("workers"),
+                       on_bad_file=kw.pop("on_bad_file"))
 
 
 def check_arch(name: str, flag: str = "--arch") -> str:
@@ -103,7 +107,8 @@ def check_arch(name: str, flag: str = "--arch") -> str:
 
 def dataset_kind(kw: dict) -> str:
     """The dataset kind named by the --data and --loader flags (before they are consumed), for its defaults."""
-    return dataset_facts(DataOptions(data=kw["data"], loader=kw["loader_backend"])).kind
+    return dataset_facts(DataOptions(data=kw["data"], loader=kw["loader_backend"],
+                                     on_bad_file=kw["on_bad_file"])).kind
 
 
 def build_job_options(kw: dict, default_policy: str, default_arch_key: str = "arch",

@@ -162,4 +162,5 @@ AUGMENT_FLAGS = ("magnitude_std", "num_magnitude_bins", "num_ops", "autoaugment_
 def in_flag_words(message: str) -> str:
     """A library message about AugmentSpec's parameters, with the parameter names as the CLI's flags."""
     pattern = r"(?<![\w-])(" + "|".join(AUGMENT_FLAGS) + r")\b"
+    message = message.removeprefix("AugmentSpec: ")
     return re.sub(pattern, lambda m: "--" + m.group(1).replace("_", "-"), message)
