@@ -25,6 +25,13 @@ class DataOptions:
     workers: Optional[int] = None
     train_eval_size: int = 10000
     train_images: Optional[int] = None
+    decode_device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.decode_device is not None and self.loader != "torch":
+            raise ConfigError(f"--decode-device applies to --loader torch, not --loader {self.loader}")
+        if self.decode_device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--decode-device cuda needs a CUDA device and this machine has none: use cpu or omit it")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "augment": self.augment.to_dict()}
@@ -79,10 +86,11 @@ def training_source(options: DataOptions):
 
 def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device, seed: int, dist: DistInfo):
     """The training loader on the requested backend, sharded over ranks, augmented on the device."""
+    decode = {} if options.decode_device is None else {"decode_device": options.decode_device}
     return pipelines.build_loader(options.loader, training_source(options), split="train",
                                   batch_size=options.batch_size,
                                   image_size=facts.image_size, augment=options.augment, device=device, seed=seed,
-                                  rank=dist.rank, world_size=dist.world_size, num_workers=options.workers)
+                                  rank=dist.rank, world_size=dist.world_size, num_workers=options.workers, **decode)
 
 
 def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device) -> tuple:

@@ -102,3 +102,31 @@ def test_nvjpeg_decode_matches_the_cpu_decode(ragged_tree):
     on_gpu = uint8_batches(build_loader("torch", ragged_tree, decode_device="cuda", device="cuda", **common))
     difference = (on_gpu.int() - on_cpu.int()).abs().float()
     assert difference.mean() < 1.0 and difference.max() <= 16   # nvJPEG's IDCT vs libjpeg-turbo's, same boxes
+
+
+def run_cli(argv, capsys):
+    """Run `rkd argv` in-process; returns (exit code, stderr)."""
+    from rkd.cli import main
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_decode_device_trains_and_refuses_in_one_line(jpeg_tree, tmp_path, capsys):
+    tiny = ["train-teacher", "--data", str(jpeg_tree), "--runs-dir", str(tmp_path), "--arch", "resnet8",
+            "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--no-progress", "--device", "cpu",
+            "--workers", "0"]
+    code, err = run_cli([*tiny, "--decode-device", "cpu", "--name", "decoded"], capsys)
+    assert code == 0, err
+    config = (tmp_path / "decoded" / "config.json").read_text()
+    assert '"decode_device": "cpu"' in config
+    refusals = [(["--decode-device", "cpu", "--loader", "dali"], "--decode-device applies to --loader torch")]
+    if not torch.cuda.is_available():
+        refusals.append((["--decode-device", "cuda"], "--decode-device cuda needs a CUDA device"))
+    for extra, message in refusals:
+        code, err = run_cli([*tiny, *extra], capsys)
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

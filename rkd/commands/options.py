@@ -44,6 +44,9 @@ data_options = _stack([
     click.option("--batch-size", type=int, default=None, help="Per-process batch size [dataset default]."),
     click.option("--image-size", type=int, default=None, help="Training resolution [native; 224 for JPEG trees]."),
     click.option("--workers", type=int, default=None, help="Data loader worker processes [auto]."),
+    click.option("--decode-device", type=click.Choice(("cpu", "cuda")), default=None,
+                 help="--loader torch, JPEG trees: decode training batches at once on this device (cuda: nvJPEG) "
+                      "and crop them there [per image in the workers]."),
 ])
 
 model_options = _stack([
@@ -82,7 +85,8 @@ def build_data_options(kw: dict, dataset_defaults: dict, default_policy: str) ->
                                     autoaugment_policy=kw.pop("autoaugment_policy"), cutout=kw.pop("cutout"))
     return DataOptions(data=kw.pop("data"), loader=kw.pop("loader_backend"),
                        batch_size=_pop_or(kw, "batch_size", dataset_defaults["batch_size"]),
-                       image_size=kw.pop("image_size"), augment=augment, workers=kw.pop("workers"))
+                       image_size=kw.pop("image_size"), augment=augment, workers=kw.pop("workers"),
+                       decode_device=kw.pop("decode_device"))
 
 
 def check_arch(name: str, flag: str = "--arch") -> str:
