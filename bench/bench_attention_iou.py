@@ -22,9 +22,9 @@ import torch
 
 import kernels
 from bench.harness import Suite, copy_bandwidth
-from rkd.timing import DeviceClock
 from kernels.numba_backend import numba_counts
 from kernels.reference import torch_counts
+from rkd.timing import DeviceClock
 
 
 def _check_same(ours, reference, label: str) -> None:

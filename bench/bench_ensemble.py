@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 import torch.nn as nn
@@ -26,6 +25,7 @@ from bench.harness import Suite
 from rkd.ensemble import TeacherEnsemble, teacher_pass
 from rkd.evaluate import autocast_for
 from rkd.models import CIFAR_RESNETS, create
+from rkd.timing import DeviceClock
 
 
 class _LogitsAndFeatures(nn.Module):
@@ -75,12 +75,11 @@ def bench_config(suite: Suite, arch: str, image_size: int, batch_size: int, coun
     prefix = f"{count}x{arch}@{image_size}/b{batch_size}"
     if compile:
         compiled = TeacherEnsemble(teachers, fused=True, compile=True)
-        start = time.perf_counter()
+        clock = DeviceClock(device)
+        start = clock.now()
         with torch.no_grad(), autocast_for(device):
             compiled.forward_with_features(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        suite.record(f"{prefix}/fused-compile first call", seconds=time.perf_counter() - start)
+        suite.record(f"{prefix}/fused-compile first call", seconds=clock.now() - start)
         variants["fused-compile"] = compiled.forward_with_features
 
     def once(run):

@@ -35,6 +35,8 @@ import pipelines
 from pipelines.photo_tree import build_photo_tree
 from pipelines.sources import open_source, take
 
+from rkd.timing import DeviceClock
+
 from .harness import Suite
 
 RANDAUGMENT = pipelines.AugmentSpec("randaugment", magnitude=9, num_ops=2)
@@ -112,7 +114,8 @@ def run_epochs(loader) -> Callable[[], None]:
 def measure_loader(suite: Suite, label: str, backend: str, source, *, augment: pipelines.AugmentSpec,
                    image_size: Optional[int], args: argparse.Namespace, options: dict) -> Optional[str]:
     """Record `label`/first-epoch (build + first epoch) and measure `label` warm; None if the backend refused."""
-    start = time.perf_counter()
+    clock = DeviceClock(torch.device(args.device))
+    start = clock.now()
     try:
         loader = pipelines.build_loader(backend, source, split="train", batch_size=args.batch_size,
                                         image_size=image_size, augment=augment, device=args.device,
@@ -120,11 +123,11 @@ def measure_loader(suite: Suite, label: str, backend: str, source, *, augment: p
     except pipelines.ConfigError as err:
         print(f"skipping {label}: {err}", flush=True)
         return None
-    built = time.perf_counter()
+    built = clock.now()
     try:
         for _images, _labels in loader:
             pass
-        first = time.perf_counter()
+        first = clock.now()
         result = suite.measure(label, run_epochs(loader), items=len(loader) * args.batch_size, warmup=0,
                                repeats=args.repeats)
     except Exception as err:  # noqa: BLE001 - one broken backend must not hide the others' numbers

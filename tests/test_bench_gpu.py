@@ -45,3 +45,18 @@ def test_the_cuda_selection_keeps_only_tests_that_need_cuda():
 
     assert needs_cuda(Item("needs CUDA (mixed decoding)"))
     assert not needs_cuda(Item("needs ffcv")) and not needs_cuda(Item())
+
+
+def test_the_device_clock_synchronizes_cuda_before_reading_the_host_clock(monkeypatch):
+    import time
+
+    import torch
+
+    from rkd.timing import DeviceClock
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", str(device))))
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: events.append(("clock",)) or real())
+    DeviceClock("cuda:0").now()
+    DeviceClock("cpu").now()
+    assert events == [("sync", "cuda:0"), ("clock",), ("clock",)]
