@@ -4,7 +4,8 @@ Array sources (Fashion-MNIST, CIFAR) are cropped and flipped batch-at-once from 
 trees) are decoded per image in worker processes with RandomResizedCrop + flip (train) or resize + center crop
 (eval), or, with `decode_device` ("cuda": nvJPEG; "cpu": the same code path on the CPU), read in the workers and
 decoded batch-at-once on that device, then cropped and flipped there by the batched resized crop
-(`pipelines.jpeg_batch`: the same boxes as the per-image path). Every batch's randomness is seeded by (seed, epoch, rank, batch index), so output does not depend on
+(`pipelines.jpeg_batch`: the same boxes as the per-image path).
+Every batch's randomness is seeded by (seed, epoch, rank, batch index), so output does not depend on
 the number of workers. The augmentation policy runs on the device (`augment_device=True`, batched, per image)
 or, as the per-image baseline, with torchvision's v2 transforms in the workers.
 """

@@ -86,7 +86,9 @@ def training_source(options: DataOptions):
 
 def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device, seed: int, dist: DistInfo):
     """The training loader on the requested backend, sharded over ranks, augmented on the device."""
-    decode = {} if options.decode_device is None else {"decode_device": options.decode_device}
+    on_training_gpu = options.decode_device == "cuda" and torch.device(device).type == "cuda"   # e.g. cuda:1
+    decode = {} if options.decode_device is None else {
+        "decode_device": str(device) if on_training_gpu else options.decode_device}
     return pipelines.build_loader(options.loader, training_source(options), split="train",
                                   batch_size=options.batch_size,
                                   image_size=facts.image_size, augment=options.augment, device=device, seed=seed,

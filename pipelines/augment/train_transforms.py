@@ -14,8 +14,8 @@ import torch.nn.functional as nnf
 
 from . import functional as F
 
-__all__ = ["random_resized_crop_boxes", "resized_crop", "resized_crops", "horizontal_flip", "random_horizontal_flip", "erase",
-           "cutout_boxes", "cutout", "random_erasing_boxes", "random_erasing"]
+__all__ = ["random_resized_crop_boxes", "resized_crop", "resized_crops", "horizontal_flip", "random_horizontal_flip",
+           "erase", "cutout_boxes", "cutout", "random_erasing_boxes", "random_erasing"]
 
 Box = Tuple[float, float]
 CANVAS_BYTES = 512 * 2**20   # resized_crops works on groups of crops whose float canvas stays under this
