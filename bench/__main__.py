@@ -1,5 +1,6 @@
 """Run benchmarks by name: ``python -m bench loaders augment``, ``python -m bench --all``, or one benchmark with
-its own options: ``python -m bench loaders -- --backends torch,ffcv``."""
+its own options: ``python -m bench loaders -- --backends torch,ffcv`` (the ``--`` may be left out:
+``python -m bench gpu --dry-run``)."""
 from __future__ import annotations
 
 import importlib
@@ -15,7 +16,9 @@ def available() -> list:
 
 
 def main(argv: list) -> int:
-    names, options = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    split = argv.index("--") if "--" in argv else next(
+        (i for i, arg in enumerate(argv) if arg.startswith("-") and arg != "--all"), len(argv))
+    names, options = argv[:split], argv[split + (argv[split:split + 1] == ["--"]):]
     names = available() if names == ["--all"] else names
     if not names or (options and len(names) != 1):
         print(f"usage: python -m bench NAME... | --all | NAME -- OPTIONS   (available: {', '.join(available())})")

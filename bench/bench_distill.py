@@ -22,16 +22,18 @@ from rkd.trainer import ModelInfo, Trainer
 from .harness import Suite
 
 
-def build_trainer(loader, device: torch.device, metrics_every: int) -> Trainer:
-    """The distill job's trainer: fused eval-mode teachers, KDStep, the student wrapped to return its features."""
+def build_trainer(loader, device: torch.device, metrics_every: int, student_arch: str = "resnet8",
+                  teacher_arch: str = "resnet14", teachers: int = 2, shape: tuple = (10, 28, 1)) -> Trainer:
+    """The distill job's trainer: fused eval-mode teachers, KDStep, the student wrapped to return its features.
+    `shape` is (classes, image size, channels); the default is the Fashion-MNIST setting."""
     torch.manual_seed(0)
-    student = WithFeatures(create("resnet8", 10, 28, 1).to(device, memory_format=torch.channels_last))
-    teachers = [create("resnet14", 10, 28, 1).to(device, memory_format=torch.channels_last).eval() for _ in range(2)]
-    ensemble = TeacherEnsemble(teachers)
-    kd_step = KDStep(ensemble, alpha=0.6, temperature=3.0, mode="per-teacher", steps_per_epoch=len(loader),
-                     metrics_every=metrics_every, record=lambda record: None)
+    student = WithFeatures(create(student_arch, *shape).to(device, memory_format=torch.channels_last))
+    models = [create(teacher_arch, *shape).to(device, memory_format=torch.channels_last).eval()
+              for _ in range(teachers)]
+    kd_step = KDStep(TeacherEnsemble(models), alpha=0.6, temperature=3.0, mode="per-teacher",
+                     steps_per_epoch=len(loader), metrics_every=metrics_every, record=lambda record: None)
     return Trainer(student, loader, kd_step, lambda model, epoch: {}, OptimConfig(epochs=1000),
-                   ModelInfo("resnet8", 10, 28, 1), device, run=None, progress=False)
+                   ModelInfo(student_arch, *shape), device, run=None, progress=False)
 
 
 class InMemory:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 import torch.nn as nn
@@ -26,6 +25,7 @@ from bench.harness import Suite
 from rkd.ensemble import TeacherEnsemble, teacher_pass
 from rkd.evaluate import autocast_for
 from rkd.models import CIFAR_RESNETS, create
+from rkd.timing import DeviceClock
 
 
 class _LogitsAndFeatures(nn.Module):
@@ -55,8 +55,9 @@ def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def bench_config(suite: Suite, arch: str, image_size: int, batch_size: int, count: int, device: torch.device,
-                 repeats: int, compile: bool) -> None:
-    """Measure every variant on `count` teachers `arch` at `image_size`, batch `batch_size`."""
+                 repeats: int, compile: bool, skip: tuple = ()) -> str:
+    """Measure every variant (but those in `skip`; never the sequential reference) on `count` teachers `arch` at
+    `image_size`, batch `batch_size`; returns the labels' prefix."""
     torch.manual_seed(0)
     num_classes = 10 if image_size <= 64 else 1000
     teachers = [create(arch, num_classes, image_size).to(device, memory_format=torch.channels_last).eval()
@@ -70,15 +71,15 @@ def bench_config(suite: Suite, arch: str, image_size: int, batch_size: int, coun
         "vmap": vmap_pass(list(looped.folded)),
         "fused": fused.forward_with_features,
     }
+    variants = {name: run for name, run in variants.items() if name not in skip}
     prefix = f"{count}x{arch}@{image_size}/b{batch_size}"
     if compile:
         compiled = TeacherEnsemble(teachers, fused=True, compile=True)
-        start = time.perf_counter()
+        clock = DeviceClock(device)
+        start = clock.now()
         with torch.no_grad(), autocast_for(device):
             compiled.forward_with_features(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        suite.record(f"{prefix}/fused-compile first call", seconds=time.perf_counter() - start)
+        suite.record(f"{prefix}/fused-compile first call", seconds=clock.now() - start)
         variants["fused-compile"] = compiled.forward_with_features
 
     def once(run):
@@ -98,8 +99,10 @@ def bench_config(suite: Suite, arch: str, image_size: int, batch_size: int, coun
     for name in variants:
         if name != "sequential":
             suite.compare(f"{prefix}/{name}", f"{prefix}/sequential")
-    suite.compare(f"{prefix}/fused", f"{prefix}/vmap")
-    suite.compare(f"{prefix}/fused", f"{prefix}/loop")
+    for baseline in ("vmap", "loop"):
+        if baseline in variants:
+            suite.compare(f"{prefix}/fused", f"{prefix}/{baseline}")
+    return prefix
 
 
 def main(argv: list) -> None:

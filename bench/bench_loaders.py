@@ -7,22 +7,35 @@ one-time conversion to .beton. FFCV runs twice on the JPEG tree: all images stor
 default), and FFCV's ImageNet recipe, half of them stored raw (`ffcv-proportion`, no decode for those).
 Ratios: each backend / torch for both settings, and ffcv-augmented / ffcv-plain.
 
+The ceiling, measured in the same run: the same JPEG files decoded with Pillow (libjpeg-turbo; draft mode off, so
+every image is decoded at full size), random-resized-cropped to 224×224 (one bilinear `resize` with a box) and
+turned into an array, in a multiprocessing pool on all the workers, with no loader framework around it
+(`jpeg224/decode-ceiling`). Every JPEG loader is reported as a fraction of it (`... vs jpeg224/decode-ceiling`;
+goal: FFCV and torch without augmentation at least 0.85).
+
     python -m bench loaders                    # full run (what the reported numbers come from)
     python -m bench loaders -- --quick --backends torch,ffcv --images 256
 """
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing
 import os
+import random
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
+from PIL import Image, features
 
 import pipelines
 from pipelines.photo_tree import build_photo_tree
 from pipelines.sources import open_source, take
+
+from rkd.timing import DeviceClock
 
 from .harness import Suite
 
@@ -101,7 +114,8 @@ def run_epochs(loader) -> Callable[[], None]:
 def measure_loader(suite: Suite, label: str, backend: str, source, *, augment: pipelines.AugmentSpec,
                    image_size: Optional[int], args: argparse.Namespace, options: dict) -> Optional[str]:
     """Record `label`/first-epoch (build + first epoch) and measure `label` warm; None if the backend refused."""
-    start = time.perf_counter()
+    clock = DeviceClock(torch.device(args.device))
+    start = clock.now()
     try:
         loader = pipelines.build_loader(backend, source, split="train", batch_size=args.batch_size,
                                         image_size=image_size, augment=augment, device=args.device,
@@ -109,11 +123,11 @@ def measure_loader(suite: Suite, label: str, backend: str, source, *, augment: p
     except pipelines.ConfigError as err:
         print(f"skipping {label}: {err}", flush=True)
         return None
-    built = time.perf_counter()
+    built = clock.now()
     try:
         for _images, _labels in loader:
             pass
-        first = time.perf_counter()
+        first = clock.now()
         result = suite.measure(label, run_epochs(loader), items=len(loader) * args.batch_size, warmup=0,
                                repeats=args.repeats)
     except Exception as err:  # noqa: BLE001 - one broken backend must not hide the others' numbers
@@ -123,6 +137,42 @@ def measure_loader(suite: Suite, label: str, backend: str, source, *, augment: p
     suite.record(f"{label}/first-epoch", build_s=built - start, first_epoch_s=first - built,
                  over_warm_epoch_s=(first - built) - result["median_s"])
     return label
+
+
+def decode_crop(task: tuple) -> int:
+    """Decode one JPEG at full size and random-resized-crop it to IMAGE_SIZE with Pillow; returns its label-free
+    byte count (so the work cannot be skipped). `task` is (path, seed)."""
+    path, seed = task
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    width, height = image.size
+    rng = random.Random(seed)
+    for _ in range(10):                                   # RandomResizedCrop's rule: scale (0.08, 1), ratio 3/4..4/3
+        area = width * height * rng.uniform(0.08, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+            break
+    else:
+        w, h, left, top = width, height, 0, 0
+    crop = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR, box=(left, top, left + w, top + h))
+    return np.asarray(crop).nbytes
+
+
+def measure_decode_ceiling(suite: Suite, label: str, files: list, args: argparse.Namespace) -> None:
+    """Pillow decode + crop of `files` on `args.workers` processes (no framework): the loaders' ceiling."""
+    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+        epoch = {"n": 0}
+
+        def run_once() -> None:
+            epoch["n"] += 1
+            tasks = [(str(path), epoch["n"] * len(files) + i) for i, path in enumerate(files)]
+            sum(pool.imap_unordered(decode_crop, tasks, chunksize=16))
+
+        suite.measure(label, run_once, items=len(files), warmup=1, repeats=args.repeats,
+                      extra={"decoder": f"Pillow {Image.__version__}, libjpeg-turbo "
+                                        f"{features.version('libjpeg_turbo')}", "processes": args.workers})
 
 
 def convert_once(suite: Suite, label: str, source, options: dict) -> None:
@@ -158,6 +208,7 @@ def main(argv: list) -> None:
     workloads = (("jpeg224", tree, IMAGE_SIZE), ("fmnist", fmnist, None))
     print(f"{len(tree)} JPEGs at {IMAGE_SIZE}, {len(fmnist)} Fashion-MNIST images, batch {args.batch_size}, "
           f"{args.workers} workers, device {args.device}", flush=True)
+    measure_decode_ceiling(suite, "jpeg224/decode-ceiling", list(tree.files), args)
     for workload, source, image_size in workloads:
         for label, backend, options in variants(backends, workload):
             if backend == "ffcv":
@@ -172,6 +223,8 @@ def main(argv: list) -> None:
                 ours, baseline = f"{workload}/{label}/{name}", f"{workload}/torch/{name}"
                 if label != "torch" and {ours, baseline} <= suite.results.keys():
                     suite.compare(ours, baseline)
+                if workload == "jpeg224" and ours in suite.results:
+                    suite.compare(ours, "jpeg224/decode-ceiling")
             augmented, plain = f"{workload}/{label}/randaugment", f"{workload}/{label}/plain"
             if label.startswith("ffcv") and {augmented, plain} <= suite.results.keys():
                 suite.compare(augmented, plain)

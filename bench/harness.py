@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
+from rkd.timing import DeviceClock
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -47,9 +49,17 @@ def peak_memory_mb(device: Optional[torch.device] = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _sync(device: Optional[torch.device]) -> None:
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+def copy_bandwidth(device: torch.device, mib: int = 256, repeats: int = 20) -> float:
+    """Bytes per second of a large same-device copy (bytes read + bytes written): the memory roofline."""
+    src = torch.randint(0, 256, (mib * 2**20,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    clock = DeviceClock(device)
+    start = clock.now()
+    for _ in range(repeats):
+        dst.copy_(src)
+    return 2 * src.numel() * repeats / (clock.now() - start)
 
 
 class Suite:
@@ -63,15 +73,14 @@ class Suite:
     def measure(self, label: str, run_once: Callable[[], object], items: int, *, warmup: int = 1,
                 repeats: int = 5, extra: Optional[dict] = None) -> dict:
         """Time `run_once` (which processes `items` items) `repeats` times after `warmup` calls."""
+        clock = DeviceClock(self.device)
         for _ in range(warmup):
             run_once()
-        _sync(self.device)
         seconds = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock.now()
             run_once()
-            _sync(self.device)
-            seconds.append(time.perf_counter() - start)
+            seconds.append(clock.now() - start)
         median = statistics.median(seconds)
         result = {"items_per_s": items / median, "median_s": median, "min_s": min(seconds), "max_s": max(seconds),
                   "items": items, "repeats": repeats, "warmup": warmup,

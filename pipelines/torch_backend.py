@@ -2,7 +2,10 @@
 
 Array sources (Fashion-MNIST, CIFAR) are cropped and flipped batch-at-once from memory; file sources (JPEG
 trees) are decoded per image in worker processes with RandomResizedCrop + flip (train) or resize + center crop
-(eval). Every batch's randomness is seeded by (seed, epoch, rank, batch index), so output does not depend on
+(eval), or, with `decode_device` ("cuda": nvJPEG; "cpu": the same code path on the CPU), read in the workers and
+decoded batch-at-once on that device, then cropped and flipped there by the batched resized crop
+(`pipelines.jpeg_batch`: the same boxes as the per-image path).
+Every batch's randomness is seeded by (seed, epoch, rank, batch index), so output does not depend on
 the number of workers. The augmentation policy runs on the device (`augment_device=True`, batched, per image)
 or, as the per-image baseline, with torchvision's v2 transforms in the workers.
 """
@@ -20,6 +23,7 @@ from torchvision.transforms import v2
 from .crops import EvalResizeCrop
 from .device_stage import DeviceStage
 from .errors import ConfigError
+from .jpeg_batch import check_decode_device, decode_crop_flip, pack, read_with_crop
 from .sampling import derive_seed, shard_indices, split_batches
 from .sources import ArraySource, FileSource, Source
 from .spec import AugmentSpec
@@ -80,9 +84,9 @@ class _BatchDataset(Dataset):
     """Maps (epoch, batch index, sample indices) to a uint8 (B, C, S, S) batch and its labels."""
 
     def __init__(self, source: Source, train: bool, image_size: int, worker_policy: Optional[v2.Transform],
-                 seed: int, rank: int) -> None:
+                 seed: int, rank: int, batch_decode: bool = False) -> None:
         self.source, self.train, self.image_size = source, train, image_size
-        self.worker_policy, self.seed, self.rank = worker_policy, seed, rank
+        self.worker_policy, self.seed, self.rank, self.batch_decode = worker_policy, seed, rank, batch_decode
         if isinstance(source, FileSource):
             crop = (v2.RandomResizedCrop(image_size, antialias=True) if train
                     else EvalResizeCrop(image_size, round(image_size / EVAL_CROP_FRACTION)))
@@ -97,13 +101,15 @@ class _BatchDataset(Dataset):
         indices = torch.as_tensor(indices)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, epoch, self.rank, batch_index))
-            if isinstance(self.source, ArraySource):
-                images = self._array_batch(indices)
-            else:
-                try:
+            try:
+                if isinstance(self.source, ArraySource):
+                    images = self._array_batch(indices)
+                elif self.batch_decode:
+                    images = self._encoded_batch(indices)
+                else:
                     images = torch.stack([self.file_transform(self._decode(int(i))) for i in indices])
-                except ConfigError as err:
-                    return _DecodeFailure(err), None
+            except ConfigError as err:
+                return _DecodeFailure(err), None
         return images, self.source.labels[indices]
 
     def _array_batch(self, indices: torch.Tensor) -> torch.Tensor:
@@ -112,6 +118,12 @@ class _BatchDataset(Dataset):
         if self.worker_policy is not None:
             images = torch.stack([self.worker_policy(image) for image in images])
         return images
+
+    def _encoded_batch(self, indices: torch.Tensor) -> tuple:
+        """(packed bytes, lengths, crop boxes (B, 4), flips (B,), paths): what the decode device needs."""
+        paths = [self.source.files[int(i)] for i in indices]
+        data, boxes, flips = zip(*(read_with_crop(path) for path in paths))
+        return (*pack(data), torch.tensor(boxes, dtype=torch.int64), torch.tensor(flips), paths)
 
     def _decode(self, index: int) -> torch.Tensor:
         path = self.source.files[index]
@@ -127,7 +139,7 @@ class TorchLoader:
     def __init__(self, source: Source, *, split: str, batch_size: int, image_size: Optional[int] = None,
                  augment: AugmentSpec = AugmentSpec(), device="cpu", seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: Optional[bool] = None, num_workers: Optional[int] = None,
-                 augment_device: bool = True) -> None:
+                 augment_device: bool = True, decode_device: Optional[str] = None) -> None:
         self.train = split == "train"
         self.source, self.batch_size, self.seed = source, batch_size, seed
         self.rank, self.world_size = rank, world_size
@@ -138,12 +150,26 @@ class TorchLoader:
         self.device = torch.device(device)
         self.epoch = 0
         worker_policy = None if augment_device else torchvision_policy(augment)
-        self.dataset = _BatchDataset(source, self.train, self.image_size, worker_policy, seed, rank)
+        self.decode_device = None if decode_device is None else self._check_batch_decode(decode_device, source,
+                                                                                          augment_device)
+        self.dataset = _BatchDataset(source, self.train, self.image_size, worker_policy, seed, rank,
+                                     batch_decode=self.decode_device is not None)
         if num_workers is None:
             files_or_cpu_aug = isinstance(source, FileSource) or worker_policy is not None
             num_workers = min(8, os.cpu_count() or 1) if files_or_cpu_aug else 0
         self.num_workers = num_workers
         self.stage = DeviceStage(source.mean, source.std, self.device, augment if augment_device else None, seed, rank)
+
+    def _check_batch_decode(self, decode_device: str, source: Source, augment_device: bool) -> torch.device:
+        if not isinstance(source, FileSource):
+            raise ConfigError(f"decode_device applies to JPEG trees; {source.name} is an array dataset "
+                              "(already decoded): leave decode_device unset")
+        if not self.train:
+            raise ConfigError("decode_device applies to the training split (RandomResizedCrop + flip); "
+                              "evaluation splits decode per image: leave it unset")
+        if not augment_device:
+            raise ConfigError("decode_device needs augment_device=True (the policy then runs on the device too)")
+        return check_decode_device(decode_device)
 
     def _batches(self) -> list:
         indices = shard_indices(len(self.source), seed=self.seed, epoch=self.epoch, rank=self.rank,
@@ -165,4 +191,6 @@ class TorchLoader:
         for batch_index, (images, labels) in enumerate(loader):
             if isinstance(images, _DecodeFailure):
                 raise ConfigError(str(images))
+            if self.decode_device is not None:
+                images = decode_crop_flip(*images, size=self.image_size, device=self.decode_device)
             yield self.stage(images, labels, self.epoch, batch_index)

@@ -26,6 +26,13 @@ class DataOptions:
     train_eval_size: int = 10000
     train_images: Optional[int] = None
     on_bad_file: str = "error"  # a class-folder tree's undecodable files: refuse the tree, or skip them
+    decode_device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.decode_device is not None and self.loader != "torch":
+            raise ConfigError(f"--decode-device applies to --loader torch, not --loader {self.loader}")
+        if self.decode_device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--decode-device cuda needs a CUDA device and this machine has none: use cpu or omit it")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "augment": self.augment.to_dict()}
@@ -76,11 +83,14 @@ def training_source(options: DataOptions):
 
 def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device, seed: int, dist: DistInfo):
     """The training loader on the requested backend, sharded over ranks, augmented on the device."""
+    on_training_gpu = options.decode_device == "cuda" and torch.device(device).type == "cuda"   # e.g. cuda:1
+    decode = {} if options.decode_device is None else {
+        "decode_device": str(device) if on_training_gpu else options.decode_device}
     return pipelines.build_loader(options.loader, training_source(options), split="train",
                                   batch_size=options.batch_size,
                                   image_size=facts.image_size, augment=options.augment, device=device, seed=seed,
                                   rank=dist.rank, world_size=dist.world_size, num_workers=options.workers,
-                                  on_bad_file=options.on_bad_file)
+                                  on_bad_file=options.on_bad_file, **decode)
 
 
 def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device) -> tuple:

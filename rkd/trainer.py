@@ -1,7 +1,6 @@
 """The epoch loop shared by teacher training and distillation: schedule, timing, checkpoints, resume."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -15,6 +14,7 @@ from .evaluate import autocast_for
 from .models import unwrap
 from .optim import OptimConfig, make_optimizer, make_scheduler
 from .runs import RunDir
+from .timing import DeviceClock
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 EvaluateFn = Callable[[nn.Module, int], dict]
@@ -78,15 +78,20 @@ class Trainer:
         save_checkpoint(self.run.last, payload)
 
     def train_epoch(self, epoch: int) -> dict:
-        """One pass over the loader; returns loss, images/s, the share of time spent waiting for data, lr."""
+        """One pass over the loader; returns loss, images/s, the share of time spent waiting for data, lr.
+
+        Timed with a device clock (CUDA is synchronized before each reading), so the data wait is the time from
+        the end of one step's kernels to the batch being ready on the device, and images/s counts the kernels.
+        """
         self.model.train()
         self.loader.set_epoch(epoch)
         bar = tqdm(total=self.steps_per_epoch, desc=f"{self.description} {epoch + 1}/{self.optim.epochs}",
                    disable=None if self.progress else True, leave=False, mininterval=1.0)
         seen, loss_sum, data_wait = 0, torch.zeros((), device=self.device), 0.0
-        start = waited_from = time.perf_counter()
+        clock = DeviceClock(self.device)
+        start = waited_from = clock.now()
         for step, (images, labels) in enumerate(self.loader):
-            data_wait += time.perf_counter() - waited_from
+            data_wait += clock.now() - waited_from
             with autocast_for(self.device, self.amp):
                 loss = self.loss_fn(self.model, images, labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -96,8 +101,8 @@ class Trainer:
             loss_sum += loss.detach() * len(labels)
             seen += len(labels)
             bar.update()
-            waited_from = time.perf_counter()
-        elapsed = time.perf_counter() - start
+            waited_from = clock.now()
+        elapsed = clock.now() - start
         bar.close()
         return {"train_loss": (loss_sum / max(seen, 1)).item(), "images_per_s": seen / elapsed,
                 "data_wait_share": data_wait / elapsed, "epoch_seconds": elapsed,

@@ -51,6 +51,9 @@ data_options = _stack([
     click.option("--on-bad-file", default="error", show_default=True, type=click.Choice(pipelines.ON_BAD_FILE),
                  help="A class-folder tree's files that cannot be decoded (checked before training): refuse the "
                       "tree, or skip them with a count."),
+    click.option("--decode-device", type=click.Choice(("cpu", "cuda")), default=None,
+                 help="--loader torch, JPEG trees: decode training batches at once on this device (cuda: nvJPEG) "
+                      "and crop them there [per image in the workers]."),
 ])
 
 model_options = _stack([
@@ -95,7 +98,7 @@ def build_data_options(kw: dict, dataset_defaults: dict, default_policy: str) ->
     return DataOptions(data=kw.pop("data"), loader=kw.pop("loader_backend"),
                        batch_size=_pop_or(kw, "batch_size", dataset_defaults["batch_size"]),
                        image_size=kw.pop("image_size"), augment=augment, workers=kw.pop("workers"),
-                       on_bad_file=kw.pop("on_bad_file"))
+                       on_bad_file=kw.pop("on_bad_file"), decode_device=kw.pop("decode_device"))
 
 
 def check_arch(name: str, flag: str = "--arch") -> str:
