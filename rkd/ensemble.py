@@ -24,8 +24,8 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from .checkpoint import load_model
 from .fold_bn import fold_batchnorm
+from .teachers import load_teacher
 
 TEACHER_BN_MODES = ("eval", "train")
 # The wide model is checked once against the teachers on a random batch. A model whose forward mixes channels
@@ -278,11 +278,13 @@ class TeacherEnsemble(nn.Module):
 
 
 def load_ensemble(paths: Sequence[Path], device: torch.device, *, num_classes: int, in_chans: int,
-                  bn_mode: str = "eval", fused: Optional[bool] = None, compile: bool = False) -> tuple:
-    """Load teacher checkpoints into a TeacherEnsemble; returns (ensemble, list of (path, arch))."""
+                  image_size: int = 224, bn_mode: str = "eval", fused: Optional[bool] = None,
+                  compile: bool = False) -> tuple:
+    """Load teachers (rkd checkpoints, run directories, timm:NAME[@FILE]) into a TeacherEnsemble; returns
+    (ensemble, list of (spec, arch)). `image_size` is the data's, for pretrained models."""
     models, described = [], []
     for path in paths:
-        model, payload = load_model(path, device, num_classes=num_classes, in_chans=in_chans)
+        model, arch = load_teacher(path, device, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
         models.append(_channels_last(model))
-        described.append((str(path), payload["arch"]))
+        described.append((str(path), arch))
     return TeacherEnsemble(models, bn_mode, fused=fused, compile=compile).to(device), described

@@ -3,19 +3,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
+import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import pipelines
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_model
 from .data import DataOptions, dataset_facts, eval_loaders, train_loader
 from .distributed import barrier, log
 from .evaluate import predict_logits
 from .metrics import accuracy
 from .job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
+from .errors import RkdError
 from .models import unwrap
 from .optim import OptimConfig
+from .pretrained import is_timm_spec, parse_timm_spec, timm_init, timm_teacher
 from .trainer import ModelInfo, Trainer
 
 
@@ -42,13 +47,51 @@ def classifier_evaluation(context: JobContext):
     return evaluate
 
 
-def train_teacher(options: JobOptions, role: str = "teacher") -> JobContext:
+def checkpoint_path(spec, flag: str = "--teachers") -> Path:
+    """A checkpoint file, or a run directory's checkpoints/best.pt."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        if not best.is_file():
+            raise RkdError(f"{flag}: {path} is a directory without checkpoints/best.pt; pass a checkpoint file or "
+                           "a run directory of rkd train-teacher/distill")
+        return best
+    return path
+
+
+def load_teacher(spec, device, *, num_classes: int, in_chans: int, image_size: int) -> tuple:
+    """(model, architecture) of one --teachers entry: an rkd checkpoint or run directory, `timm:NAME`, or
+    `timm:NAME@FILE` (see rkd.pretrained); class and channel counts checked against the data."""
+    if is_timm_spec(spec):
+        parsed = parse_timm_spec(spec)
+        model = timm_teacher(parsed, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+        return model.to(device), parsed.arch
+    model, payload = load_model(checkpoint_path(spec), device, num_classes=num_classes, in_chans=in_chans)
+    return model, payload["arch"]
+
+
+def initial_model(context: JobContext, init: Optional[str]) -> nn.Module:
+    """The job's fresh model, or with `init` (timm:NAME[@FILE]) pretrained weights under a fresh head."""
+    if init is None:
+        return context.new_model()
+    parsed = parse_timm_spec(init, "--init")
+    if parsed.arch != context.options.arch:
+        raise RkdError(f"--init {init} is a {parsed.arch} but --arch is {context.options.arch}; drop --arch or "
+                       "make them match")
+    torch.manual_seed(context.options.seed)
+    facts = context.facts
+    model = timm_init(parsed, num_classes=facts.num_classes, in_chans=facts.in_chans, image_size=facts.image_size)
+    return model.to(context.device, memory_format=torch.channels_last)
+
+
+def train_teacher(options: JobOptions, role: str = "teacher", init: Optional[str] = None) -> JobContext:
     """Train one classifier with cross-entropy; its run directory holds checkpoints/best.pt and last.pt.
 
-    `role` names the model in progress and log lines (the sweep's cross-entropy students are "control")."""
+    `role` names the model in progress and log lines (the sweep's cross-entropy students are "control");
+    `init` (timm:NAME[@FILE]) fine-tunes pretrained weights with a fresh head instead of training from scratch."""
     kind = dataset_facts(options.data).kind
-    context = start_job(options, teacher_run_name(options, kind))
-    model = context.new_model()
+    context = start_job(options, teacher_run_name(options, kind) + ("-pretrained" if init else ""))
+    model = initial_model(context, init)
     trainer = Trainer(wrap_for_training(model, context),
                       train_loader(options.data, context.facts, context.device, options.seed, context.dist),
                       cross_entropy_step, classifier_evaluation(context), options.optim,
