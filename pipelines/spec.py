@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from .errors import ConfigError
 
@@ -17,6 +18,8 @@ class AugmentSpec:
     ``AugmentSpec("randaugment", magnitude=9)`` is ``RandAugment(num_ops=2, magnitude=9)``.
     `magnitude_std` > 0 draws a per-image magnitude from N(magnitude, std) as timm does.
     `cutout` is the side of a square hole (pixels, 0 = off) applied after the policy.
+    `array_crop_scale` (array sources only) trains on RandomResizedCrop(scale=(array_crop_scale, 1)) of the native
+    image, resized to the loader's image size, instead of the 4-px zero-padded crop: the paper's CIFAR at 224 px.
     """
 
     policy: str = "none"
@@ -26,6 +29,7 @@ class AugmentSpec:
     magnitude_std: float = 0.0
     autoaugment_policy: str = "imagenet"
     cutout: int = 0
+    array_crop_scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -47,6 +51,8 @@ class AugmentSpec:
                               f"choose one of {', '.join(AUTOAUGMENT_POLICIES)}")
         if self.cutout < 0:
             raise ConfigError(f"cutout must be >= 0 pixels, got {self.cutout}")
+        if self.array_crop_scale is not None and not 0 < self.array_crop_scale <= 1:
+            raise ConfigError(f"array_crop_scale must be in (0, 1], got {self.array_crop_scale}")
 
     @property
     def enabled(self) -> bool:

@@ -43,6 +43,10 @@ data_options = _stack([
     click.option("--cutout", default=0, show_default=True, type=int, help="Cutout hole side in pixels (0: off)."),
     click.option("--batch-size", type=int, default=None, help="Per-process batch size [dataset default]."),
     click.option("--image-size", type=int, default=None, help="Training resolution [native; 224 for JPEG trees]."),
+    click.option("--array-crop-scale", type=float, default=None,
+                 help="Array sources (CIFAR, Fashion-MNIST): train on RandomResizedCrop(scale=(S, 1)) of the native "
+                      "image, resized to --image-size, instead of the 4-px padded crop (the paper's CIFAR runs: "
+                      "--image-size 224 --array-crop-scale 0.2)."),
     click.option("--workers", type=int, default=None, help="Data loader worker processes [auto]."),
 ])
 
@@ -79,7 +83,8 @@ def build_data_options(kw: dict, dataset_defaults: dict, default_policy: str) ->
     augment = pipelines.AugmentSpec(policy=_pop_or(kw, "policy", default_policy), magnitude=kw.pop("magnitude"),
                                     num_ops=kw.pop("num_ops"), num_magnitude_bins=kw.pop("num_magnitude_bins"),
                                     magnitude_std=kw.pop("magnitude_std"),
-                                    autoaugment_policy=kw.pop("autoaugment_policy"), cutout=kw.pop("cutout"))
+                                    autoaugment_policy=kw.pop("autoaugment_policy"), cutout=kw.pop("cutout"),
+                                    array_crop_scale=kw.pop("array_crop_scale"))
     return DataOptions(data=kw.pop("data"), loader=kw.pop("loader_backend"),
                        batch_size=_pop_or(kw, "batch_size", dataset_defaults["batch_size"]),
                        image_size=kw.pop("image_size"), augment=augment, workers=kw.pop("workers"))
