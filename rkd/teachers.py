@@ -14,10 +14,10 @@ import pipelines
 from .checkpoint import load_checkpoint, load_model
 from .data import DataOptions, dataset_facts, eval_loaders, train_loader
 from .distributed import barrier, log
+from .errors import RkdError
 from .evaluate import predict_logits
 from .metrics import accuracy
 from .job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
-from .errors import RkdError
 from .models import unwrap
 from .optim import OptimConfig
 from .pretrained import is_timm_spec, parse_timm_spec, timm_init, timm_teacher
@@ -70,18 +70,22 @@ def load_teacher(spec, device, *, num_classes: int, in_chans: int, image_size: i
     return model, payload["arch"]
 
 
-def initial_model(context: JobContext, init: Optional[str]) -> nn.Module:
-    """The job's fresh model, or with `init` (timm:NAME[@FILE]) pretrained weights under a fresh head."""
-    if init is None:
-        return context.new_model()
+def check_teacher_spec(spec) -> None:
+    """Fail before a run directory is made on a --teachers entry that names nothing loadable."""
+    if is_timm_spec(spec):
+        parse_timm_spec(spec)
+    elif not checkpoint_path(spec).is_file():
+        raise RkdError(f"--teachers: {spec} does not exist")
+
+
+def pretrained_start(options: JobOptions, facts, init: str) -> nn.Module:
+    """The model `init` (timm:NAME[@FILE]) names, with pretrained weights under a fresh head seeded by the job."""
     parsed = parse_timm_spec(init, "--init")
-    if parsed.arch != context.options.arch:
-        raise RkdError(f"--init {init} is a {parsed.arch} but --arch is {context.options.arch}; drop --arch or "
-                       "make them match")
-    torch.manual_seed(context.options.seed)
-    facts = context.facts
-    model = timm_init(parsed, num_classes=facts.num_classes, in_chans=facts.in_chans, image_size=facts.image_size)
-    return model.to(context.device, memory_format=torch.channels_last)
+    if parsed.arch != options.arch:
+        raise RkdError(f"--init {init} is a {parsed.arch} but --arch is {options.arch}; drop --arch or make them "
+                       "match")
+    torch.manual_seed(options.seed)
+    return timm_init(parsed, num_classes=facts.num_classes, in_chans=facts.in_chans, image_size=facts.image_size)
 
 
 def train_teacher(options: JobOptions, role: str = "teacher", init: Optional[str] = None) -> JobContext:
@@ -89,9 +93,11 @@ def train_teacher(options: JobOptions, role: str = "teacher", init: Optional[str
 
     `role` names the model in progress and log lines (the sweep's cross-entropy students are "control");
     `init` (timm:NAME[@FILE]) fine-tunes pretrained weights with a fresh head instead of training from scratch."""
-    kind = dataset_facts(options.data).kind
-    context = start_job(options, teacher_run_name(options, kind) + ("-pretrained" if init else ""))
-    model = initial_model(context, init)
+    facts = dataset_facts(options.data)
+    pretrained = pretrained_start(options, facts, init) if init else None  # its errors come before the run dir
+    context = start_job(options, teacher_run_name(options, facts.kind) + ("-pretrained" if init else ""))
+    model = (context.new_model() if pretrained is None
+             else pretrained.to(context.device, memory_format=torch.channels_last))
     trainer = Trainer(wrap_for_training(model, context),
                       train_loader(options.data, context.facts, context.device, options.seed, context.dist),
                       cross_entropy_step, classifier_evaluation(context), options.optim,

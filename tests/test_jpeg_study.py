@@ -12,6 +12,7 @@ from PIL import Image
 from pipelines.sources import open_source
 from rkd.checkpoint import load_checkpoint
 from rkd.cli import main
+from test_cli import run_cli as run_cli_strings
 
 ARCH = "test_resnet"  # timm's smallest ResNet; 2x2 feature maps at 64 px
 TINY = ["--epochs", "1", "--batch-size", "16", "--image-size", "64", "--workers", "0", "--no-progress",
@@ -19,13 +20,8 @@ TINY = ["--epochs", "1", "--batch-size", "16", "--image-size", "64", "--workers"
 
 
 def run_cli(argv, capsys):
-    code = 0
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    """`rkd argv` in-process (paths allowed in argv); returns (exit code, stdout, stderr)."""
+    return run_cli_strings([str(a) for a in argv], capsys)
 
 
 def epoch_records(run):
@@ -118,7 +114,7 @@ def test_analyze_the_study(study, capsys):
 
 def test_a_two_point_sweep_on_the_tree(study, capsys):
     code, out, err = run_cli(["sweep", "--data", study / "tree", "--arch", ARCH, "--teacher-arch", ARCH,
-                              "--teacher-epochs", "1", "--num-teachers", "1", "--magnitudes", "0", "9",
+                              "--teacher-epochs", "1", "--num-teachers", "2", "--magnitudes", "0", "9",
                               "--analysis-images", "30", "--runs-dir", study / "sweeps", "--name", "s", *TINY],
                              capsys)
     assert code == 0, err

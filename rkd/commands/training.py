@@ -8,7 +8,7 @@ from ..distill import KDOptions, distill
 from ..ensemble import TEACHER_BN_MODES
 from ..losses import KD_MODES
 from ..pretrained import parse_timm_spec
-from ..teachers import default_teachers, train_teacher
+from ..teachers import check_teacher_spec, default_teachers, train_teacher
 from .options import build_job_options, check_arch, data_options, dataset_kind, run_options
 
 
@@ -68,6 +68,8 @@ def distill_command(teachers, num_teachers, teacher_arch, teacher_epochs, alpha,
         raise click.BadParameter(f"must be in [0, 1], got {alpha}", param_hint="--alpha")
     if temperature <= 0:
         raise click.BadParameter(f"must be positive, got {temperature}", param_hint="--temperature")
+    for spec in teachers:
+        check_teacher_spec(spec)
     if not teachers:
         if num_teachers < 1:
             raise click.BadParameter(f"must be at least 1, got {num_teachers}", param_hint="--num-teachers")
