@@ -330,10 +330,14 @@ def _eval_geometry(encoded, size: int):
     return resized, fn.stack(centre_offset(new_height), centre_offset(new_width))
 
 
-def _array_images(batches: Iterator, train: bool, size: int, native: int, cuda: bool):
+def _array_images(batches: Iterator, train: bool, size: int, native: int, cuda: bool,
+                  crop_scale: Optional[float] = None):
     images = fn.external_source(source=batches, batch=True, layout="HWC", device="cpu")
     if cuda:
         images = images.gpu()
+    if train and crop_scale is not None:  # DALI's own RandomResizedCrop sampling, torchvision's area and ratio ranges
+        return fn.random_resized_crop(images, size=[size, size], random_area=[crop_scale, 1.0],
+                                      random_aspect_ratio=[3 / 4, 4 / 3], antialias=True)
     if size != native:
         images = fn.resize(images, size=[size, size], antialias=True, interp_type=types.INTERP_LINEAR)
     if train:  # the zero-padded random crop of the torch backend, as one out-of-bounds slice
@@ -394,6 +398,7 @@ class DALILoader:
         self.epoch = 0
         self._declarer: Optional[ThreadPoolExecutor] = None
         self._ahead: Optional[tuple] = None  # (epoch, future pipeline) declared in the background
+        self.array_crop_scale = augment.array_crop_scale
         augment = augment if self.train else AugmentSpec()
         self.graph_augment = augment if augment.enabled and augment_backend == "dali" else None
         slow_graph = self.graph_augment is not None
@@ -437,7 +442,7 @@ class DALILoader:
         else:
             arrays = (self.arrays[batch] for batch in batches)
             reader = lambda: _array_images(arrays, self.train, self.image_size,  # noqa: E731
-                                           self.source.native_size, cuda)
+                                           self.source.native_size, cuda, self.array_crop_scale)
         graph = pipeline_def(_graph, enable_conditionals=self.graph_augment is not None)
         pipe = graph(reader=reader, train=self.train, augment=self.graph_augment, channels=self.source.channels,
                      size=self.image_size, batch_size=self.batch_size, num_threads=self.num_threads,

@@ -266,6 +266,7 @@ class FFCVLoader:
         if order not in ORDERS:
             raise ConfigError(f"unknown ffcv order {order!r}: choose one of {', '.join(ORDERS)}")
         self.train = split == "train"
+        self.array_crop_scale = augment.array_crop_scale
         self.info, self.source = open_beton(source, split, write_mode=write_mode, max_resolution=max_resolution,
                                             jpeg_quality=jpeg_quality, cache_dir=cache_dir)
         if self.train and self.info.split == "test":
@@ -320,7 +321,8 @@ class FFCVLoader:
 
     def _array_batch(self, images: torch.Tensor, batch_index: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank, batch_index))
-        return array_batch_transform(images[:, :self.info.channels], self.image_size, self.train, generator)
+        return array_batch_transform(images[:, :self.info.channels], self.image_size, self.train, generator,
+                                     self.array_crop_scale)
 
     def __iter__(self) -> Iterator:
         self._loader.next_epoch = self.epoch

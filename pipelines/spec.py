@@ -37,6 +37,8 @@ class AugmentSpec:
     ``AugmentSpec("randaugment", magnitude=9)`` is ``RandAugment(num_ops=2, magnitude=9)``.
     `magnitude_std` > 0 draws a per-image magnitude from N(magnitude, std) as timm does.
     `cutout` is the side of a square hole (pixels, 0 = off) applied after the policy.
+    `array_crop_scale` (array sources only) trains on RandomResizedCrop(scale=(array_crop_scale, 1)) of the native
+    image, resized to the loader's image size, instead of the 4-px zero-padded crop: the paper's CIFAR at 224 px.
     """
 
     policy: str = "none"
@@ -46,6 +48,7 @@ class AugmentSpec:
     magnitude_std: float = 0.0
     autoaugment_policy: str = "imagenet"
     cutout: int = 0
+    array_crop_scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -68,6 +71,9 @@ class AugmentSpec:
             raise ConfigError(f"AugmentSpec: unknown autoaugment_policy {self.autoaugment_policy!r}: "
                               f"choose one of {', '.join(AUTOAUGMENT_POLICIES)}")
         whole_number("AugmentSpec", "cutout", self.cutout, minimum=0, unit=" pixels")
+        if self.array_crop_scale is not None and not (isinstance(self.array_crop_scale, numbers.Real)
+                                                      and 0 < self.array_crop_scale <= 1):
+            raise ConfigError(f"AugmentSpec: array_crop_scale must be in (0, 1], got {self.array_crop_scale!r}")
 
     @property
     def enabled(self) -> bool:

@@ -21,6 +21,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from .crops import EvalResizeCrop
+from .augment.train_transforms import random_horizontal_flip, random_resized_crop_boxes, resized_crop
 from .device_stage import DeviceStage
 from .errors import ConfigError
 from .jpeg_batch import check_decode_device, decode_crop_flip, pack, read_with_crop
@@ -67,8 +68,14 @@ def random_pad_crop_flip(images: torch.Tensor, padding: int, generator: torch.Ge
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def array_batch_transform(images: torch.Tensor, size: int, train: bool, generator: torch.Generator) -> torch.Tensor:
-    """The array sources' plain transform: resize to size×size if needed, then pad-crop + flip when training."""
+def array_batch_transform(images: torch.Tensor, size: int, train: bool, generator: torch.Generator,
+                          crop_scale: Optional[float] = None) -> torch.Tensor:
+    """The array sources' plain transform: resize to size×size if needed, then pad-crop + flip when training; or,
+    training with `crop_scale`, RandomResizedCrop(size, scale=(crop_scale, 1)) of the native images + flip."""
+    if train and crop_scale is not None:
+        boxes = random_resized_crop_boxes(len(images), images.shape[-2], images.shape[-1], generator,
+                                          scale=(crop_scale, 1.0))
+        return random_horizontal_flip(resized_crop(images.contiguous(), boxes, (size, size)), generator)
     if images.shape[-1] != size:
         images = resize_batch(images, size)
     if train:
@@ -84,8 +91,9 @@ class _BatchDataset(Dataset):
     """Maps (epoch, batch index, sample indices) to a uint8 (B, C, S, S) batch and its labels."""
 
     def __init__(self, source: Source, train: bool, image_size: int, worker_policy: Optional[v2.Transform],
-                 seed: int, rank: int, batch_decode: bool = False) -> None:
+                 seed: int, rank: int, batch_decode: bool = False, array_crop_scale: Optional[float] = None) -> None:
         self.source, self.train, self.image_size = source, train, image_size
+        self.array_crop_scale = array_crop_scale
         self.worker_policy, self.seed, self.rank, self.batch_decode = worker_policy, seed, rank, batch_decode
         if isinstance(source, FileSource):
             crop = (v2.RandomResizedCrop(image_size, antialias=True) if train
@@ -114,7 +122,7 @@ class _BatchDataset(Dataset):
 
     def _array_batch(self, indices: torch.Tensor) -> torch.Tensor:
         images = array_batch_transform(self.source.images[indices], self.image_size, self.train,
-                                       torch.default_generator)
+                                       torch.default_generator, self.array_crop_scale)
         if self.worker_policy is not None:
             images = torch.stack([self.worker_policy(image) for image in images])
         return images
@@ -153,7 +161,8 @@ class TorchLoader:
         self.decode_device = None if decode_device is None else self._check_batch_decode(decode_device, source,
                                                                                           augment_device)
         self.dataset = _BatchDataset(source, self.train, self.image_size, worker_policy, seed, rank,
-                                     batch_decode=self.decode_device is not None)
+                                     batch_decode=self.decode_device is not None,
+                                     array_crop_scale=augment.array_crop_scale)
         if num_workers is None:
             files_or_cpu_aug = isinstance(source, FileSource) or worker_policy is not None
             num_workers = min(8, os.cpu_count() or 1) if files_or_cpu_aug else 0

@@ -77,7 +77,7 @@ def analyze(data: DataOptions, facts: DatasetFacts, teacher_paths: Sequence[Path
             options: AnalyzeOptions, device: torch.device, out_dir: Path) -> dict:
     """Measure, write analysis.json, analysis.md and attention_grid.png into `out_dir`; returns the results."""
     ensemble, described = load_ensemble(teacher_paths, device, num_classes=facts.num_classes,
-                                        in_chans=facts.in_chans)
+                                        in_chans=facts.in_chans, image_size=facts.image_size)
     student = None
     if student_path is not None:
         student, _ = load_model(student_path, device, num_classes=facts.num_classes, in_chans=facts.in_chans,

@@ -10,7 +10,7 @@ from pipelines.errors import ConfigError
 from . import run_lock
 from .commands.analyze import analyze_command
 from .commands.convert import convert_command
-from .commands.photos import make_photo_tree_command
+from .commands.photos import make_jpeg_dataset_command, make_photo_tree_command
 from .commands.sweep import sweep_command
 from .commands.training import distill_command, train_teacher_command
 
@@ -22,7 +22,7 @@ def cli() -> None:
 
 
 for command in (train_teacher_command, distill_command, analyze_command, sweep_command, convert_command,
-                make_photo_tree_command):
+                make_photo_tree_command, make_jpeg_dataset_command):
     cli.add_command(command)
 
 

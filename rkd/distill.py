@@ -82,7 +82,8 @@ def distill(options: JobOptions, teacher_paths: Sequence[Path], kd: KDOptions) -
     """
     context: JobContext = start_job(options, distill_run_name(options, dataset_facts(options.data).kind))
     ensemble, described = load_ensemble(teacher_paths, context.device, num_classes=context.facts.num_classes,
-                                        in_chans=context.facts.in_chans, bn_mode=kd.teacher_bn,
+                                        in_chans=context.facts.in_chans, image_size=context.facts.image_size,
+                                        bn_mode=kd.teacher_bn,
                                         fused=FUSION_CHOICES[kd.fusion], compile=kd.compile)
     test_loader, train_eval = eval_loaders(options.data, context.facts, context.device)
     weights = [linear_head_weight(t) for t in ensemble.teachers]

@@ -24,8 +24,9 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from .checkpoint import load_model
+from .errors import RkdError
 from .fold_bn import fold_batchnorm
+from .teachers import load_teacher
 
 TEACHER_BN_MODES = ("eval", "train")
 # The wide model is checked once against the teachers on a random batch. A model whose forward mixes channels
@@ -278,11 +279,27 @@ class TeacherEnsemble(nn.Module):
 
 
 def load_ensemble(paths: Sequence[Path], device: torch.device, *, num_classes: int, in_chans: int,
-                  bn_mode: str = "eval", fused: Optional[bool] = None, compile: bool = False) -> tuple:
-    """Load teacher checkpoints into a TeacherEnsemble; returns (ensemble, list of (path, arch))."""
+                  image_size: int = 224, bn_mode: str = "eval", fused: Optional[bool] = None,
+                  compile: bool = False) -> tuple:
+    """Load teachers (rkd checkpoints, run directories, timm:NAME[@FILE]) into a TeacherEnsemble; returns
+    (ensemble, list of (spec, arch)). `image_size` is the data's, for pretrained models."""
     models, described = [], []
     for path in paths:
-        model, payload = load_model(path, device, num_classes=num_classes, in_chans=in_chans)
+        model, arch = load_teacher(path, device, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
         models.append(_channels_last(model))
-        described.append((str(path), payload["arch"]))
+        described.append((str(path), arch))
+    _check_feature_shapes(models, described, device)
     return TeacherEnsemble(models, bn_mode, fused=fused, compile=compile).to(device), described
+
+
+def _check_feature_shapes(models: Sequence[nn.Module], described: list, device: torch.device) -> None:
+    """Teachers' last feature maps must agree in shape (they are stacked, T × (B, K, h, w)); one line otherwise."""
+    shapes = []
+    with torch.no_grad():
+        for model in models:
+            shapes.append(tuple(model.eval().forward_features(_probe_input(model, device)[:1]).shape[1:]))
+    if len(set(shapes)) > 1:
+        listed = ", ".join(f"{spec} ({arch}): {'x'.join(map(str, shape))}"
+                           for (spec, arch), shape in zip(described, shapes))
+        raise RkdError(f"--teachers: the teachers' last feature maps differ in shape ({listed}); an ensemble needs "
+                       "one feature-map shape (e.g. resnet18 with resnet34, or one architecture)")

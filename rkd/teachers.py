@@ -3,19 +3,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
+import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import pipelines
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_model
 from .data import DataOptions, dataset_facts, eval_loaders, train_loader
 from .distributed import barrier, log
+from .errors import RkdError
 from .evaluate import predict_logits
 from .metrics import accuracy
 from .job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
 from .models import unwrap
 from .optim import OptimConfig
+from .pretrained import is_timm_spec, parse_timm_spec, timm_init, timm_teacher
 from .trainer import ModelInfo, Trainer
 
 
@@ -42,13 +47,57 @@ def classifier_evaluation(context: JobContext):
     return evaluate
 
 
-def train_teacher(options: JobOptions, role: str = "teacher") -> JobContext:
+def checkpoint_path(spec, flag: str = "--teachers") -> Path:
+    """A checkpoint file, or a run directory's checkpoints/best.pt."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        if not best.is_file():
+            raise RkdError(f"{flag}: {path} is a directory without checkpoints/best.pt; pass a checkpoint file or "
+                           "a run directory of rkd train-teacher/distill")
+        return best
+    return path
+
+
+def load_teacher(spec, device, *, num_classes: int, in_chans: int, image_size: int) -> tuple:
+    """(model, architecture) of one --teachers entry: an rkd checkpoint or run directory, `timm:NAME`, or
+    `timm:NAME@FILE` (see rkd.pretrained); class and channel counts checked against the data."""
+    if is_timm_spec(spec):
+        parsed = parse_timm_spec(spec)
+        model = timm_teacher(parsed, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+        return model.to(device), parsed.arch
+    model, payload = load_model(checkpoint_path(spec), device, num_classes=num_classes, in_chans=in_chans)
+    return model, payload["arch"]
+
+
+def check_teacher_spec(spec) -> None:
+    """Fail before a run directory is made on a --teachers entry that names nothing loadable."""
+    if is_timm_spec(spec):
+        parse_timm_spec(spec)
+    elif not checkpoint_path(spec).is_file():
+        raise RkdError(f"--teachers: {spec} does not exist")
+
+
+def pretrained_start(options: JobOptions, facts, init: str) -> nn.Module:
+    """The model `init` (timm:NAME[@FILE]) names, with pretrained weights under a fresh head seeded by the job."""
+    parsed = parse_timm_spec(init, "--init")
+    if parsed.arch != options.arch:
+        raise RkdError(f"--init {init} is a {parsed.arch} but --arch is {options.arch}; drop --arch or make them "
+                       "match")
+    torch.manual_seed(options.seed)
+    return timm_init(parsed, num_classes=facts.num_classes, in_chans=facts.in_chans, image_size=facts.image_size)
+
+
+def train_teacher(options: JobOptions, role: str = "teacher", init: Optional[str] = None) -> JobContext:
     """Train one classifier with cross-entropy; its run directory holds checkpoints/best.pt and last.pt.
 
-    `role` names the model in progress and log lines (the sweep's cross-entropy students are "control")."""
-    kind = dataset_facts(options.data).kind
-    context = start_job(options, teacher_run_name(options, kind))
-    model = context.new_model()
+    `role` names the model in progress and log lines (the sweep's cross-entropy students are "control");
+    `init` (timm:NAME[@FILE]) fine-tunes pretrained weights with a fresh head instead of training from scratch."""
+    facts = dataset_facts(options.data)
+    pretrained = pretrained_start(options, facts, init) if init else None  # its errors come before the run dir
+    context = start_job(options, teacher_run_name(options, facts.kind) + ("-pretrained" if init else ""))
+    model = (context.new_model() if pretrained is None
+             else pretrained.to(context.device, memory_format=torch.channels_last))
     trainer = Trainer(wrap_for_training(model, context),
                       train_loader(options.data, context.facts, context.device, options.seed, context.dist),
                       cross_entropy_step, classifier_evaluation(context), options.optim,

@@ -7,7 +7,7 @@ from rkd.models import create
 
 
 @pytest.mark.parametrize("name,size,chans", [("resnet8", 28, 1), ("resnet20", 32, 3), ("resnet8x4", 32, 3),
-                                             ("resnet10t", 64, 3)])
+                                             ("resnet10t", 64, 3), ("test_resnet", 64, 3)])
 def test_features_and_head_reproduce_logits(name, size, chans):
     torch.manual_seed(0)
     model = create(name, num_classes=7, image_size=size, in_chans=chans).eval()

@@ -47,6 +47,10 @@ data_options = _stack([
                  help="Per-process batch size [dataset default]."),
     click.option("--image-size", type=click.IntRange(1), default=None,
                  help="Training resolution [native; 224 for JPEG trees]."),
+    click.option("--array-crop-scale", type=float, default=None,
+                 help="Array sources (CIFAR, Fashion-MNIST): train on RandomResizedCrop(scale=(S, 1)) of the native "
+                      "image, resized to --image-size, instead of the 4-px padded crop (the paper's CIFAR runs: "
+                      "--image-size 224 --array-crop-scale 0.2)."),
     click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes [auto]."),
     click.option("--on-bad-file", default="error", show_default=True, type=click.Choice(pipelines.ON_BAD_FILE),
                  help="A class-folder tree's files that cannot be decoded (checked before training): refuse the "
@@ -90,7 +94,8 @@ def build_data_options(kw: dict, dataset_defaults: dict, default_policy: str) ->
         augment = pipelines.AugmentSpec(policy=_pop_or(kw, "policy", default_policy), magnitude=kw.pop("magnitude"),
                                         num_ops=kw.pop("num_ops"), num_magnitude_bins=kw.pop("num_magnitude_bins"),
                                         magnitude_std=kw.pop("magnitude_std"),
-                                        autoaugment_policy=kw.pop("autoaugment_policy"), cutout=kw.pop("cutout"))
+                                        autoaugment_policy=kw.pop("autoaugment_policy"), cutout=kw.pop("cutout"),
+                                        array_crop_scale=kw.pop("array_crop_scale"))
     except ConfigError as err:  # a combination of flags (e.g. --magnitude beyond --num-magnitude-bins)
         raise RkdError(in_flag_words(str(err))) from None
     if kw["loader_backend"] == "ffcv":

@@ -1,27 +1,36 @@
 """`rkd train-teacher` and `rkd distill`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ..defaults import DEFAULT_NUM_TEACHERS
+from ..defaults import DEFAULT_NUM_TEACHERS, defaults_for
 from ..distill import KDOptions, distill
 from ..ensemble import TEACHER_BN_MODES
 from ..losses import KD_MODES
-from ..teachers import default_teachers, train_teacher
-from .options import build_job_options, check_arch, data_options, run_options
+from ..pretrained import parse_timm_spec
+from ..teachers import check_teacher_spec, default_teachers, train_teacher
+from .options import build_job_options, check_arch, data_options, dataset_kind, run_options
 from .validate import Real
+
+
+FINE_TUNE_LR_FACTOR = 0.1
 
 
 @click.command("train-teacher")
 @data_options
 @run_options
-def train_teacher_command(**kw) -> None:
-    """Train one teacher with cross-entropy (augmentation off unless --policy is given)."""
+@click.option("--init", default=None, metavar="timm:NAME[@FILE]",
+              help="Fine-tune pretrained timm weights (from timm's hub, or a local safetensors/state_dict FILE) "
+                   "with a fresh head for the data's classes; --arch defaults to NAME's architecture and --lr to "
+                   f"{FINE_TUNE_LR_FACTOR:g}x the dataset default.")
+def train_teacher_command(init, **kw) -> None:
+    """Train one teacher with cross-entropy (augmentation off unless --policy is given), or fine-tune one."""
+    if init is not None:
+        kw["arch"] = kw["arch"] or parse_timm_spec(init, "--init").arch
+        kw["lr"] = kw["lr"] or FINE_TUNE_LR_FACTOR * defaults_for(dataset_kind(kw))["lr"]
     job, _ = build_job_options(kw, default_policy="none", default_arch_key="teacher_arch",
-                               default_epochs_key="teacher_epochs")
-    context = train_teacher(job)
+                               default_epochs_key="teacher_epochs", extra={"init": init} if init else None)
+    context = train_teacher(job, init=init)
     if context.run is not None:
         click.echo(f"teacher checkpoint: {context.run.best}")
 
@@ -29,8 +38,10 @@ def train_teacher_command(**kw) -> None:
 @click.command("distill")
 @data_options
 @run_options
-@click.option("--teachers", multiple=True, type=click.Path(path_type=Path),
-              help="Teacher checkpoint (repeat for an ensemble) [the dataset's default ensemble, trained on first use].")
+@click.option("--teachers", multiple=True, metavar="CHECKPOINT|RUN_DIR|timm:NAME[@FILE]",
+              help="A teacher (repeat for an ensemble): an rkd checkpoint, a run directory (its checkpoints/best.pt), "
+                   "or a pretrained timm model from its hub or a local weights FILE [the dataset's default ensemble, "
+                   "trained on first use].")
 @click.option("--num-teachers", type=click.IntRange(1), default=DEFAULT_NUM_TEACHERS, show_default=True,
               help="Size of the default ensemble when --teachers is not given.")
 @click.option("--teacher-arch", default=None, help="Architecture of the default teachers [dataset default].")
@@ -55,6 +66,8 @@ def distill_command(teachers, num_teachers, teacher_arch, teacher_epochs, alpha,
     kd = KDOptions(alpha=alpha, temperature=temperature, mode=kd_mode, teacher_bn=teacher_bn,
                    compile=compile_teachers, fusion=teacher_fusion, metrics_every=metrics_every)
     job, defaults = build_job_options(kw, default_policy="randaugment", extra={"kd": kd.__dict__})
+    for spec in teachers:
+        check_teacher_spec(spec)
     if not teachers:
         teachers = default_teachers(job.data, arch=check_arch(teacher_arch or defaults["teacher_arch"],
                                                               "--teacher-arch"),

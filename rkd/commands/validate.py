@@ -156,7 +156,8 @@ def check_launch_env() -> None:
                        "(launch with torchrun)")
 
 
-AUGMENT_FLAGS = ("magnitude_std", "num_magnitude_bins", "num_ops", "autoaugment_policy", "cutout", "magnitude")
+AUGMENT_FLAGS = ("array_crop_scale", "magnitude_std", "num_magnitude_bins", "num_ops", "autoaugment_policy", "cutout",
+                 "magnitude")
 
 
 def in_flag_words(message: str) -> str:
