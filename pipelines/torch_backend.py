@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from .device_stage import DeviceStage
 from .errors import ConfigError
-from .sampling import derive_seed, shard_indices, split_batches
+from .sampling import derive_seed, epoch_batches, shard_indices, split_batches
 from .sources import ArraySource, FileSource, Source
 from .spec import AugmentSpec
 
@@ -151,7 +151,7 @@ class TorchLoader:
         return split_batches(indices, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return epoch_batches(len(self.source), self.world_size, self.batch_size, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle and reseed augmentation for `epoch`."""
