@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .tree import IMAGE_EXTENSIONS, FileList, list_split  # noqa: F401 - IMAGE_EXTENSIONS re-exported
+from .tree import IMAGE_EXTENSIONS, FileList, as_file_list, list_split  # noqa: F401 - IMAGE_EXTENSIONS re-exported
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCE_ALIASES = {"fashion-mnist": FASHION_MNIST_DIR}
@@ -77,8 +77,7 @@ class FileSource:
     kind: str = field(default="files", init=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.files, FileList):
-            self.files = FileList.from_paths(self.files)
+        self.files = as_file_list(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -229,5 +228,6 @@ def take(source: Source, indices: torch.Tensor) -> Source:
         return ArraySource(name=source.name, path=source.path, split=source.split, images=source.images[indices],
                            labels=source.labels[indices], num_classes=source.num_classes, mean=source.mean,
                            std=source.std)
-    return FileSource(name=source.name, path=source.path, split=source.split, files=source.files.take(indices.numpy()),
+    files = as_file_list(source.files).take(indices.numpy())
+    return FileSource(name=source.name, path=source.path, split=source.split, files=files,
                       labels=source.labels[indices], classes=source.classes, mean=source.mean, std=source.std)

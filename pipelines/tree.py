@@ -95,6 +95,11 @@ class FileList(Sequence):
         return FileList(self.root, np.frombuffer(self.blob, dtype=np.uint8)[positions].tobytes(), offsets)
 
 
+def as_file_list(files) -> FileList:
+    """`files` as a FileList (a list of paths is converted; a FileList is returned as it is)."""
+    return files if isinstance(files, FileList) else FileList.from_paths(files)
+
+
 @dataclass(frozen=True)
 class TreeListing:
     """One split of a class-folder tree: its images, their class indices, and what was left out."""

@@ -154,3 +154,12 @@ def test_epoch_batches_is_the_length_of_the_drawn_epoch(num_samples, world_size,
                                 drop_last=drop_last)
         assert indices.base is None or indices.base.size <= indices.size  # not a view of the whole epoch
         assert len(split_batches(indices, 16, drop_last)) == epoch_batches(num_samples, world_size, 16, drop_last)
+
+
+def test_file_source_keeps_paths_given_as_a_list(tmp_path):
+    write(tmp_path, "a.jpg", "b.png")
+    source = pipelines.FileSource(name="x", path=tmp_path, split="train", files=[tmp_path / "a.jpg", "b.png"],
+                                  labels=torch.tensor([0, 1]), classes=["p", "q"])
+    assert isinstance(source.files, FileList) and list(source.files) == [str(tmp_path / "a.jpg"), "b.png"]
+    source.files = [str(tmp_path / "b.png")]  # assigned later: take still works
+    assert list(take(source, torch.tensor([0])).files) == [str(tmp_path / "b.png")]
