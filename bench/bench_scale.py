@@ -5,10 +5,11 @@ JPEGs hard-linked (copied where links fail) into `size / 100` class folders of 1
 as ImageNet), so 10k and 100k trees differ only in how many folders there are. Each size is measured in a fresh
 subprocess: scanning the tree into a source (files/s), the memory the source keeps per file (resident: RSS after
 freeing minus RSS before, the first listing in the process; traced: Python objects and numpy arrays that
-tracemalloc sees, not torch's own allocations) and its peak (tracemalloc), `len` and sharding at world size 8,
-time to the first batch of each backend (after a warm-up on 256 files, so imports are not counted; FFCV still
-compiles each new loader), FFCV conversion (files/s, on at most `--ffcv-limit` files) and the DALI reader's
-start-up (its first batch). The growth ratio of each is the per-file cost at the largest size / at the smallest;
+tracemalloc sees, not torch's own allocations) and its peak (tracemalloc), what a forked DataLoader worker copies
+from it by reading every path once (private dirty bytes), `len` and sharding at world size 8, time to the first
+batch of each backend (after a warm-up on 256 files, so imports are not counted; FFCV still compiles each new
+loader), FFCV conversion (files/s, on at most `--ffcv-limit` files) and the DALI reader's start-up (its first
+batch). The growth ratio of each is the per-file cost at the largest size / at the smallest;
 the goal is at most 1.2, and memory per file at most ~200 bytes beyond the path itself.
 
     python -m bench scale                           # 10k and 100k files
@@ -45,8 +46,8 @@ WORLD_SIZE = 8
 BATCH_SIZE = 64
 IMAGE_SIZE = 32
 # the results (seconds or bytes, divided by the files) whose growth ratio is reported; first batches are start-ups
-GROWTH = ("scan_s", "retained_bytes", "traced_bytes", "peak_bytes", "shard_s", "len_s", "ffcv_convert_s",
-          "first_batch_torch_s", "first_batch_ffcv_s", "first_batch_dali_s")
+GROWTH = ("scan_s", "retained_bytes", "traced_bytes", "peak_bytes", "worker_copy_bytes", "shard_s", "len_s",
+          "ffcv_convert_s", "first_batch_torch_s", "first_batch_ffcv_s", "first_batch_dali_s")
 
 
 def parse(argv: list) -> argparse.Namespace:
@@ -132,6 +133,28 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _private_dirty_bytes() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Private_Dirty:"))
+
+
+def worker_copy_bytes(files) -> int:
+    """Memory a forked DataLoader worker copies from its parent (private dirty bytes) by reading every path once."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: touch each path as an epoch of decoding would, report, leave at once
+        before = _private_dirty_bytes()
+        for index in range(len(files)):
+            files[index]
+        os.write(write, str(_private_dirty_bytes() - before).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        copied = int(answer.read())
+    os.waitpid(pid, 0)
+    return copied
+
+
 def _first_batch(backend: str, source, **options) -> float:
     """Seconds from building `backend`'s loader on `source` to its first batch."""
     import pipelines
@@ -166,9 +189,10 @@ def measure_tree(root: Path, backends: list, ffcv_limit: int, repeats: int) -> d
     files = len(source)
     result = {"files": files, "classes": source.num_classes,
               "retained_bytes": _resident_bytes() - before,
-              "path_bytes": sum(len(os.fsencode(str(source.files[i]))) for i in range(files))}
+              "path_bytes": sum(len(os.fsencode(path)) for path in source.files)}
     result["scan_s"] = statistics.median([first_scan] + [_timed(lambda: open_source(root, "train"))[1]
                                                          for _ in range(repeats - 1)])
+    result["worker_copy_bytes"] = worker_copy_bytes(source.files)
     tracemalloc.start()
     again = open_source(root, "train")
     result["traced_bytes"], result["peak_bytes"] = tracemalloc.get_traced_memory()
@@ -233,9 +257,10 @@ def main(argv: list) -> None:
         measured[size] = result
         suite.config["pipelines"] = result.pop("pipelines")
         suite.record(f"{size}/files", **{k: result[k] for k in ("files", "classes", "path_bytes")})
-        suite.record(f"{size}/per-file", **{k: per_file(result, k) for k in GROWTH if k in result},
-                     scan_files_per_s=result["files"] / result["scan_s"],
-                     ffcv_files_per_s=result.get("ffcv_files", 0) / result.get("ffcv_convert_s", float("inf")),
+        rates = {"scan_files_per_s": result["files"] / result["scan_s"]}
+        if "ffcv_convert_s" in result:
+            rates["ffcv_files_per_s"] = result["ffcv_files"] / result["ffcv_convert_s"]
+        suite.record(f"{size}/per-file", **{k: per_file(result, k) for k in GROWTH if k in result}, **rates,
                      retained_beyond_path_bytes=(result["retained_bytes"] - result["path_bytes"]) / result["files"])
         suite.record(f"{size}/seconds", **{k: result[k] for k in GROWTH if k.endswith("_s") and k in result})
         if result.get("ffcv_files", result["files"]) < result["files"]:
