@@ -59,15 +59,17 @@ class FileList(Sequence):
         return len(self.offsets) - 1
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.take(np.arange(*index.indices(len(self))))
-        if np.ndim(index):
-            return self.take(index)
-        index = operator.index(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"file index {index} is outside a list of {len(self)}")
-        index %= len(self)
-        return self.root + self.blob[self.offsets[index]:self.offsets[index + 1]].decode(_ENCODING, _ERRORS)
+        if not isinstance(index, (int, np.integer)):
+            if isinstance(index, slice):
+                return self.take(np.arange(*index.indices(len(self))))
+            if np.ndim(index):
+                return self.take(index)
+            index = operator.index(index)  # a 0-d array or tensor
+        count = len(self.offsets) - 1
+        if not -count <= index < count:
+            raise IndexError(f"file index {index} is outside a list of {count}")
+        index = int(index) % count
+        return self.root + self.blob[self.offsets.item(index):self.offsets.item(index + 1)].decode(_ENCODING, _ERRORS)
 
     def __iter__(self) -> Iterator[str]:
         for start in range(0, len(self), _CHUNK):  # a chunk of strings at a time, never the whole list
