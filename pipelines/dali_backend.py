@@ -75,7 +75,7 @@ from torchvision.transforms import v2
 
 from .device_stage import DeviceStage
 from .errors import ConfigError
-from .sampling import derive_seed, shard_indices, split_batches
+from .sampling import derive_seed, epoch_batches, shard_indices, split_batches
 from .sources import ArraySource, FileSource, Source, open_source
 from .spec import AugmentSpec
 from .torch_backend import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION
@@ -415,7 +415,7 @@ class DALILoader:
         return split_batches(indices, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return epoch_batches(len(self.source), self.world_size, self.batch_size, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle and reseed (crops, flips, augmentation) for `epoch`."""
@@ -437,7 +437,7 @@ class DALILoader:
     def _pipeline(self, batches: List[np.ndarray], epoch: int):
         cuda = self.device.type == "cuda"
         if isinstance(self.source, FileSource):
-            files = [self.source.files[i] for i in np.concatenate(batches)] if batches else []
+            files = self.source.files.paths(np.concatenate(batches)) if batches else []
             reader = lambda: _decode_files(files, self.train, self.image_size, self.decode_device)  # noqa: E731
         else:
             arrays = (self.arrays[batch] for batch in batches)

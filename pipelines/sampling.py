@@ -14,19 +14,24 @@ def shard_indices(num_samples: int, *, seed: int, epoch: int, rank: int, world_s
     """This rank's sample indices for one epoch, as DistributedSampler assigns them.
 
     Shuffled with (seed, epoch); padded by wrapping around so every rank gets as many samples, unless
-    `drop_last`, which trims the tail instead. Ranks receive disjoint strided slices.
+    `drop_last`, which trims the tail instead. Ranks receive disjoint strided slices, as arrays of their own
+    (not views that keep the whole epoch's order alive).
     """
-    order = (np.random.default_rng(derive_seed(seed, epoch)).permutation(num_samples) if shuffle
-             else np.arange(num_samples))
-    if drop_last:
-        per_rank = num_samples // world_size
-        order = order[:per_rank * world_size]
-    else:
-        per_rank = -(-num_samples // world_size)
-        pad = per_rank * world_size - num_samples
-        if pad:
-            order = np.concatenate([order, np.resize(order, pad)])
-    return order[rank::world_size]
+    positions = np.arange(rank, shard_size(num_samples, world_size, drop_last) * world_size, world_size)
+    if not shuffle:
+        return positions % max(num_samples, 1)
+    order = np.random.default_rng(derive_seed(seed, epoch)).permutation(num_samples)
+    return order[positions % num_samples]
+
+
+def shard_size(num_samples: int, world_size: int, drop_last: bool) -> int:
+    """Samples each rank receives per epoch (the tail trimmed if `drop_last`, else padded)."""
+    return num_samples // world_size if drop_last else -(-num_samples // world_size)
+
+
+def epoch_batches(num_samples: int, world_size: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch for each rank, without drawing the epoch's order."""
+    return batch_count(shard_size(num_samples, world_size, drop_last), batch_size, drop_last)
 
 
 def batch_count(num_indices: int, batch_size: int, drop_last: bool) -> int:

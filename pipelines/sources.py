@@ -20,11 +20,11 @@ import torch
 
 from .errors import ConfigError
 from .validate import check_policy, usable_indices
+from .tree import IMAGE_EXTENSIONS, FileList, as_file_list, list_split  # noqa: F401 - IMAGE_EXTENSIONS re-exported
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCE_ALIASES = {"fashion-mnist": FASHION_MNIST_DIR}
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,18 +64,25 @@ class ArraySource:
 
 @dataclass
 class FileSource:
-    """An ImageNet-style tree: ``root/<class>/<image>.jpg``, class indices from sorted folder names."""
+    """An ImageNet-style tree: ``root/<class>/<image>.jpg``, class indices from sorted folder names.
+
+    `files` is a sequence of path strings, kept as a `pipelines.tree.FileList` (compact, no object per file;
+    a list given here is converted).
+    """
 
     name: str
     path: Path
     split: str
-    files: list
+    files: FileList
     labels: torch.Tensor
     classes: list
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     checked: bool = False  # every file passed pipelines.validate's up-front check
     kind: str = field(default="files", init=False)
+
+    def __post_init__(self) -> None:
+        self.files = as_file_list(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -264,25 +271,9 @@ def _read_cifar_batch(batch: Path, label_key: bytes, num_classes: int) -> tuple:
 
 
 def _read_image_folder(path: Path, split: str) -> FileSource:
-    classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
-    if not classes:
-        raise ConfigError(f"--data: {path / 'train'} has no class folders")
-    split_dir = path / ("train" if split == "train" else "val")
-    if not split_dir.is_dir():
-        raise ConfigError(f"--data: {split_dir} is missing (an ImageNet-style tree needs train/ and val/)")
-    files, labels = [], []
-    for index, cls in enumerate(classes):
-        class_dir = split_dir / cls
-        if not class_dir.is_dir():
-            continue
-        for file in sorted(class_dir.iterdir()):
-            if file.suffix in IMAGE_EXTENSIONS:
-                files.append(str(file))
-                labels.append(index)
-    if not files:
-        raise ConfigError(f"--data: {split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS[:3])})")
-    return FileSource(name=path.name, path=path, split=split, files=files,
-                      labels=torch.tensor(labels, dtype=torch.int64), classes=classes)
+    listing = list_split(path, "train" if split == "train" else "val")
+    return FileSource(name=path.name, path=path, split=split, files=listing.files,
+                      labels=torch.from_numpy(listing.labels), classes=listing.classes)
 
 
 def checked(source: Source, on_bad_file: str = "error") -> Source:
@@ -301,6 +292,6 @@ def take(source: Source, indices: torch.Tensor) -> Source:
         return ArraySource(name=source.name, path=source.path, split=source.split, images=source.images[indices],
                            labels=source.labels[indices], num_classes=source.num_classes, mean=source.mean,
                            std=source.std)
-    return FileSource(name=source.name, path=source.path, split=source.split,
-                      files=[source.files[i] for i in indices.tolist()], labels=source.labels[indices],
-                      classes=source.classes, mean=source.mean, std=source.std, checked=source.checked)
+    files = as_file_list(source.files).take(indices.numpy())
+    return FileSource(name=source.name, path=source.path, split=source.split, files=files,
+                      labels=source.labels[indices], classes=source.classes, mean=source.mean, std=source.std, checked=source.checked)

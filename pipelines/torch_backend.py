@@ -25,7 +25,7 @@ from .augment.train_transforms import random_horizontal_flip, random_resized_cro
 from .device_stage import DeviceStage
 from .errors import ConfigError
 from .jpeg_batch import check_decode_device, decode_crop_flip, pack, read_with_crop
-from .sampling import derive_seed, shard_indices, split_batches
+from .sampling import derive_seed, epoch_batches, shard_indices, split_batches
 from .sources import ArraySource, FileSource, Source
 from .spec import AugmentSpec
 
@@ -186,7 +186,7 @@ class TorchLoader:
         return split_batches(indices, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return epoch_batches(len(self.source), self.world_size, self.batch_size, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle and reseed augmentation for `epoch`."""
