@@ -9,7 +9,7 @@ from typing import Optional, Union
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, EmptyEpochError
 from .sources import ArraySource, FileSource, Source, open_source, resolve_path
 from .spec import AUTOAUGMENT_POLICIES, POLICIES, AugmentSpec, optional_whole_number, whole_number
 from .validate import ON_BAD_FILE, check_policy
@@ -18,7 +18,7 @@ BACKENDS = ("torch", "ffcv", "dali")
 _INSTALL_HINT = {"ffcv": "pip install 'rkd[ffcv]' (needs libturbojpeg0-dev, libopencv-dev, pkg-config; see `make setup`)",
                  "dali": "pip install 'rkd[dali]'"}
 
-__all__ = ["AugmentSpec", "ArraySource", "BACKENDS", "ConfigError", "FileSource", "ON_BAD_FILE", "POLICIES",
+__all__ = ["AugmentSpec", "ArraySource", "BACKENDS", "ConfigError", "EmptyEpochError", "FileSource", "ON_BAD_FILE", "POLICIES",
            "AUTOAUGMENT_POLICIES", "Source", "build_loader", "open_source"]
 
 
@@ -52,8 +52,8 @@ def build_loader(backend: str, source: Union[str, Path, Source], *, split: str, 
                               f"{_INSTALL_HINT[backend]}") from None
     loader = loader_class(source, **common)
     if len(loader) == 0:
-        raise ConfigError(f"build_loader: batch_size {batch_size} with drop_last leaves no batch of the {split} "
-                          f"split for rank {rank} of {world_size}: lower batch_size or pass drop_last=False")
+        raise EmptyEpochError(f"build_loader: batch_size {batch_size} with drop_last leaves no batch of the "
+                              f"{split} split for rank {rank} of {world_size}: lower batch_size or pass drop_last=False")
     return loader
 
 

@@ -7,10 +7,11 @@ from typing import Optional
 import torch
 
 import pipelines
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, EmptyEpochError
 from pipelines.sources import detect_format, open_source, resolve_path, take
 
 from .distributed import DistInfo
+from .errors import RkdError
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,15 @@ def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device
     on_training_gpu = options.decode_device == "cuda" and torch.device(device).type == "cuda"   # e.g. cuda:1
     decode = {} if options.decode_device is None else {
         "decode_device": str(device) if on_training_gpu else options.decode_device}
-    return pipelines.build_loader(options.loader, training_source(options), split="train",
-                                  batch_size=options.batch_size,
-                                  image_size=facts.image_size, augment=options.augment, device=device, seed=seed,
-                                  rank=dist.rank, world_size=dist.world_size, num_workers=options.workers,
-                                  on_bad_file=options.on_bad_file, **decode)
+    try:
+        return pipelines.build_loader(options.loader, training_source(options), split="train",
+                                      batch_size=options.batch_size,
+                                      image_size=facts.image_size, augment=options.augment, device=device, seed=seed,
+                                      rank=dist.rank, world_size=dist.world_size, num_workers=options.workers,
+                                      on_bad_file=options.on_bad_file, **decode)
+    except EmptyEpochError:
+        raise RkdError(f"--batch-size {options.batch_size} is larger than this process's share of the training "
+                       "images, so an epoch would have no batch: use a smaller --batch-size") from None
 
 
 def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device) -> tuple:

@@ -9,7 +9,6 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_record, save_checkpoint
-from .errors import RkdError
 from .evaluate import autocast_for
 from .models import unwrap
 from .optim import OptimConfig, make_optimizer, make_scheduler
@@ -45,9 +44,6 @@ class Trainer:
         self.amp, self.best_key, self.progress, self.description = amp, best_key, progress, description
         self.optimizer = make_optimizer(model, optim)
         self.steps_per_epoch = len(loader)
-        if self.steps_per_epoch == 0:
-            raise RkdError(f"--batch-size {loader.batch_size} is larger than this process's share of the training "
-                           "images, so an epoch would have no batch: use a smaller --batch-size")
         self.scheduler = make_scheduler(self.optimizer, optim, self.steps_per_epoch)
         self.start_epoch, self.best = 0, float("-inf")
 

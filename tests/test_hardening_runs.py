@@ -247,15 +247,16 @@ def test_corrupt_last_checkpoint_on_resume(fmnist_dir, tmp_path, capsys):
     assert code == 0 and "starting it again" in out, err
 
 
-def test_corrupt_or_hostile_teachers_file(fmnist_dir, finished, tmp_path, capsys):
-    runs, _ = finished
+def test_corrupt_or_hostile_teachers_file(fmnist_dir, tmp_path, capsys):
     hostile = tmp_path / "hostile.pt"
     torch.save({"format": "rkd-checkpoint-v1", "model": torch.nn.Linear(2, 2)}, hostile)
     noise = tmp_path / "noise.pt"
     noise.write_bytes(os.urandom(1000))
+    empty = tmp_path / "empty"  # a folder that is no run directory (a run directory is taken: its best.pt)
+    empty.mkdir()
     for path, reason in ((hostile, "holds Python objects beyond tensors and plain values, which rkd refuses"),
                          (noise, "is not a torch checkpoint"),
-                         (runs / "done", f"is a folder, not a checkpoint file: pass {runs / 'done'}/checkpoints")):
+                         (empty, "is a directory without checkpoints/best.pt")):
         code, _, err = run_cli(["distill", "--data", str(fmnist_dir), "--runs-dir", str(tmp_path), "--teachers",
                                 str(path), "--arch", "resnet8", *TINY], capsys)
         one_line_error(code, err, f"--teachers: {path} {reason}")
