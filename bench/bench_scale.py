@@ -203,10 +203,11 @@ def measure_tree(root: Path, backends: list, ffcv_limit: int, repeats: int) -> d
                                                 for r in range(WORLD_SIZE)], repeats=5)
     if set(np.concatenate(shards).tolist()) != set(range(files)):
         raise RuntimeError("the 8 shards do not cover the tree")
-    loaders = [pipelines.build_loader("torch", source, split="train", batch_size=BATCH_SIZE, image_size=IMAGE_SIZE,
+    batch = min(BATCH_SIZE, files // WORLD_SIZE)  # a quick run's tiny tree still gives every rank a batch
+    loaders = [pipelines.build_loader("torch", source, split="train", batch_size=batch, image_size=IMAGE_SIZE,
                                       rank=r, world_size=WORLD_SIZE, num_workers=0) for r in range(WORLD_SIZE)]
     lengths, result["len_s"] = _timed(lambda: [len(loader) for loader in loaders], repeats=5)
-    if lengths != [files // WORLD_SIZE // BATCH_SIZE] * WORLD_SIZE:  # training drops the last partial batch
+    if lengths != [files // WORLD_SIZE // batch] * WORLD_SIZE:  # training drops the last partial batch
         raise RuntimeError(f"len at world size {WORLD_SIZE} is {lengths}")
     del loaders
     warmup = take(source, torch.arange(min(files, 4 * BATCH_SIZE)))  # imports and first-call costs, paid once

@@ -5,6 +5,7 @@ import sys
 from collections import defaultdict
 
 import pytest
+import torch
 
 import rkd.sweep
 from rkd.cli import main
@@ -134,7 +135,10 @@ def test_ray_executor_without_ray_is_one_line(fmnist_dir, tmp_path, capsys, monk
 
 
 @pytest.mark.parametrize("extra,message", [(["--ray-address", "127.0.0.1:6379"], "use it with --executor ray"),
-                                           (["--executor", "ray", "--device", "cuda:1"], "use auto, cuda or cpu"),
+                                           (["--executor", "ray", "--device", "cuda:1"],
+                                            # without a second GPU the device check answers first
+                                            "use auto, cuda or cpu" if torch.cuda.device_count() > 1
+                                            else "no usable CUDA device"),
                                            (["--cpus-per-point", "0"], "--cpus-per-point")])
 def test_executor_flags_bad_input(fmnist_dir, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_:
