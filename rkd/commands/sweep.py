@@ -80,8 +80,10 @@ def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, kd_loss, 
     description = (f"Regime `{regime}`. Data `{job.data.data}`, loader `{job.data.loader}`, "
                    f"policy `{job.data.augment.policy}`, "
                    f"student `{job.arch}` ({job.optim.epochs} epochs on "
-                   f"{train_images or 'all'} training images), KD loss `{kd_loss}`, seeds {list(seeds)}, "
-                   f"teachers {sweep.num_teachers} × `{sweep.teacher_arch}`; attention and fidelity measured on "
+                   f"{train_images or 'all'} training images in batches of {job.data.batch_size}), "
+                   f"KD loss `{kd_loss}`, seeds {list(seeds)}, "
+                   f"teachers {sweep.num_teachers} × `{sweep.teacher_arch}` ({sweep.teacher_epochs} epochs); "
+                   f"attention and fidelity measured on "
                    f"{analysis_images} images.")
     click.echo(write_outputs(points, folder, description))
     click.echo(f"sweep folder: {folder}")
