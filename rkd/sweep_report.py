@@ -166,7 +166,7 @@ def write_outputs(points: Sequence[dict], folder: Path, description: str) -> str
              "## Claims of the paper, as this run measured them", "",
              "Rule: Spearman's rho between magnitude and the metric's mean over seeds must have the claimed sign "
              f"with a two-sided permutation p-value below {SIGNIFICANCE} (one value per magnitude: with 6 "
-             "magnitudes this needs |rho| of about 0.89 or more, with 3 or 4 magnitudes it can never hold), and the "
+             "magnitudes this needs |rho| of about 0.89 or more, with fewer than 5 it can never hold), and the "
              f"{CONFIDENCE:.0%} bootstrap interval over seeds of the change from the lowest to the highest "
              "magnitude (seeds resampled within each magnitude) must lie wholly on the claimed side of zero; "
              "otherwise the claim is *inconclusive* here. With one seed there is no interval: the verdict then "
@@ -180,6 +180,12 @@ def write_outputs(points: Sequence[dict], folder: Path, description: str) -> str
             name, rho, p, low, high, interval = verdict(set_rows, metric, direction)
             lines.append(f"| {teacher_set} | {claim} | `{metric}` | {low:.4f} | {high:.4f} | "
                          f"{_interval_text(interval)} | {rho:+.2f} | {p:.3f} | **{name}** |")
+    for teacher_set in teacher_sets:
+        lowest = next(r for r in rows if r["teachers"] == teacher_set)
+        seeds = ", ".join(f"{v:.4f}" for v in lowest["values"]["control_gap"])
+        lines += ["", f"Overfitting to start from ({teacher_set}): the control student's train-test gap at magnitude "
+                  f"{lowest['magnitude']} is {lowest['control_gap']:.4f} (seeds: {seeds}); the distilled student's "
+                  f"is {lowest['gap']:.4f}."]
     lines += ["", "## rkd's definitions beside the paper's", "",
               "Change of each metric from the lowest to the highest magnitude (mean over seeds, with its "
               f"{CONFIDENCE:.0%} bootstrap interval over seeds), by rkd's definition and by the paper's code's; "
