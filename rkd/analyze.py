@@ -2,7 +2,8 @@
 
 Images are taken in a fixed order from the chosen split, cropped as for evaluation, then augmented with the given
 policy at the given magnitude (the same per-image augmentation as training). The same images are also passed
-clean, for affinity (accuracy augmented / accuracy clean).
+clean, for affinity (accuracy augmented / accuracy clean). Every metric is reported by rkd's definition and by the
+paper's (`*_paper*` keys), side by side in analysis.md.
 """
 from __future__ import annotations
 
@@ -29,6 +30,23 @@ from .plots import plot_attention_grid
 GRID_IMAGES = 8
 
 
+def definition_pairs(thresholds: Sequence[float] = (0.4,)) -> list:
+    """(what, rkd's key, the paper's key) for every metric that both define (rkd's key None: the paper's only)."""
+    pairs = []
+    for t in thresholds:
+        tag = f"@{t:g}"
+        pairs += [(f"teacher-teacher attention IoU {tag}", f"iou_tt{tag}", f"iou_tt_paper{tag}"),
+                  (f"student-teacher attention IoU {tag}", f"iou_st{tag}", f"iou_st_paper{tag}"),
+                  (f"all-teachers attention IoU {tag}", f"iou_all_teachers_pooled{tag}",
+                   f"iou_all_teachers_paper{tag}"),
+                  (f"teachers-plus-student attention IoU {tag}", None, f"iou_teachers_student_paper{tag}")]
+    return pairs + [("student-ensemble top-1 agreement", "agreement_st", "agreement_st_paper"),
+                    ("KL(student || ensemble) (paper: x10)", "kl_student_teacher", "kl_st_paper"),
+                    ("mutual information (paper: mutual_info_score)", "mi_st", "mi_st_paper_score"),
+                    ("mutual information (paper: mutual_info_classif)", "mi_st", "mi_st_paper_classif"),
+                    ("student ECE", "ece_student", "ece_student_paper")]
+
+
 @dataclass(frozen=True)
 class AnalyzeOptions:
     """What to analyze and how."""
@@ -42,12 +60,13 @@ class AnalyzeOptions:
 
 
 def analysis_loader(data: DataOptions, facts: DatasetFacts, options: AnalyzeOptions, device, augment):
-    """A deterministic loader over the first `max_images` of a fixed permutation of the split."""
+    """A deterministic loader over the first `max_images` of a fixed permutation of the split, in the paper's
+    batches of 128 (its batch-pooled IoU depends on them)."""
     source = open_source(data.data, options.split, data.on_bad_file)
     if len(source) > options.max_images:
         order = torch.randperm(len(source), generator=torch.Generator().manual_seed(options.seed))
         source = take(source, order[:options.max_images].sort().values)
-    return pipelines.build_loader("torch", source, split="test", batch_size=data.batch_size,
+    return pipelines.build_loader("torch", source, split="test", batch_size=metrics.PAPER_BATCH_SIZE,
                                   image_size=facts.image_size, augment=augment, device=device, seed=options.seed,
                                   num_workers=data.workers)
 
@@ -83,7 +102,7 @@ def analyze(data: DataOptions, facts: DatasetFacts, teacher_paths: Sequence[Path
         student, _ = load_model(student_path, device, num_classes=facts.num_classes, in_chans=facts.in_chans,
                                 flag="--student")
         student = student.eval().to(memory_format=torch.channels_last)
-    meter = AttentionMeter(options.thresholds, facts.image_size, options.cam_mode, options.backend)
+    meter = AttentionMeter(options.thresholds, facts.image_size, options.cam_mode, options.backend, paper=True)
     augmented = run_models(ensemble, student, analysis_loader(data, facts, options, device, data.augment), meter,
                            facts.image_size)
     clean = run_models(ensemble, student, analysis_loader(data, facts, options, device, pipelines.AugmentSpec()),
@@ -98,7 +117,7 @@ def analyze(data: DataOptions, facts: DatasetFacts, teacher_paths: Sequence[Path
         results[f"teacher{i}_acc"] = float(metrics.accuracy(aug_logits, labels))
         results[f"teacher{i}_affinity"] = float(metrics.affinity(aug_logits, clean_logits, labels))
     if student is not None:
-        results.update(fidelity_summary(student_aug, teacher_aug, labels))
+        results.update(fidelity_summary(student_aug, teacher_aug, labels, paper=True))
         results["student_affinity"] = float(metrics.affinity(student_aug, clean[1], labels))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "analysis.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -110,12 +129,20 @@ def analyze(data: DataOptions, facts: DatasetFacts, teacher_paths: Sequence[Path
 
 
 def markdown_table(results: dict) -> str:
-    """The scalar results as a two-column Markdown table."""
+    """The scalar results as a two-column Markdown table, then rkd's and the paper's definitions side by side."""
     rows = [f"| {key} | {value:.4f} |" for key, value in sorted(results.items()) if isinstance(value, float)]
     augment = results["augment"]
     header = (f"# Attention and fidelity: {results['split']} split, {results['images']} images, "
               f"{augment['policy']} at magnitude {augment['magnitude']}, CAM {results['cam']}\n\n")
-    return header + "| metric | value |\n|---|---:|\n" + "\n".join(rows) + "\n"
+    side = [f"| {what} | {_cell(results, ours)} | {_cell(results, theirs)} |"
+            for what, ours, theirs in definition_pairs(results["thresholds"]) if theirs in results]
+    return (header + "| metric | value |\n|---|---:|\n" + "\n".join(rows) + "\n\n"
+            "## rkd's definitions beside the paper's\n\n| metric | rkd | paper |\n|---|---:|---:|\n"
+            + "\n".join(side) + "\n")
+
+
+def _cell(results: dict, key: Optional[str]) -> str:
+    return f"{results[key]:.4f} (`{key}`)" if key in results else "—"
 
 
 @torch.no_grad()

@@ -3,8 +3,12 @@
 Models' class activation maps (from their own last feature maps and linear heads) go through
 `kernels.attention_iou` with the student (if any) stacked after the teachers, so every pair is counted in one
 call; with a student, a second call on the teachers alone gives the all-teachers intersection and union (the
-kernel's all-models counts would include the student). Counts add up over batches: the paper's pooled IoU over a
-whole set is exact, and the per-image IoU is averaged over every image seen.
+kernel's all-models counts would include the student). Counts add up over batches: rkd's pooled IoU over a whole
+set (`*_pooled`) is exact, and the per-image IoU is averaged over every image seen.
+
+With `paper=True` the meter also follows the paper's code (`kernels.paper_attention_iou`: `> t` after
+(v - min) / (max - min + 1e-8), IoU pooled within each batch) and reports the batch-size-weighted mean of the
+batch IoUs (`*_paper`), including the three-way IoU of the teachers and the student at once.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from kernels import attention_iou
+from kernels import attention_iou, paper_attention_iou
 from kernels.counts import ratio, unions
 
 from .cam import class_activation_maps
@@ -35,11 +39,13 @@ class AttentionMeter:
     """Accumulates attention IoU of T teachers (and optionally a student, as model index T) over batches."""
 
     def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, out_size: Optional[int] = None,
-                 cam_mode: str = "agnostic", backend: str = "auto") -> None:
+                 cam_mode: str = "agnostic", backend: str = "auto", paper: bool = False) -> None:
         self.thresholds, self.out_size, self.cam_mode, self.backend = tuple(thresholds), out_size, cam_mode, backend
+        self.paper = paper
         self.images = 0
         self.pairwise_sum = self.intersection = self.soft_sum = None
         self.all_intersection = self.any_union = None
+        self.paper_pairwise = self.paper_all_teachers = self.paper_everyone = None   # batch IoU x batch size
         self.num_teachers = 0
 
     def teacher_maps(self, teacher_features: torch.Tensor, teacher_weights: Sequence[torch.Tensor],
@@ -75,13 +81,25 @@ class AttentionMeter:
             "all_intersection": teachers.counts.all_intersection.sum(1),  # the teachers' alone, never the student's
             "any_union": teachers.counts.any_union.sum(1),
         }
+        if self.paper:
+            batch.update(self._paper_batch(teacher_maps, student_map, size))
         for key, value in batch.items():
             current = getattr(self, key)
             setattr(self, key, value.cpu().double() if current is None else current + value.cpu().double())
         self.images += teacher_maps.shape[1]
 
+    def _paper_batch(self, teacher_maps: torch.Tensor, student_map: Optional[torch.Tensor], size: int) -> dict:
+        """The paper's IoUs of this batch, times its size (the paper weights batches by their size)."""
+        images = teacher_maps.shape[1]
+        teachers = paper_attention_iou(teacher_maps, (size, size), self.thresholds)
+        everyone = teachers if student_map is None else paper_attention_iou(
+            torch.cat([teacher_maps, student_map.unsqueeze(0)]), (size, size), self.thresholds)
+        return {"paper_pairwise": everyone.pooled * images,
+                "paper_all_teachers": teachers.all_models_pooled * images,
+                "paper_everyone": everyone.all_models_pooled * images}
+
     def summary(self) -> dict:
-        """Mean teacher-teacher and student-teacher IoUs (per-image averaged, the paper's pooled, soft) per threshold."""
+        """Mean teacher-teacher and student-teacher IoUs per threshold: per image, pooled, soft (and the paper's)."""
         if not self.images:
             return {}
         t = self.num_teachers
@@ -92,18 +110,33 @@ class AttentionMeter:
         out = {"images": self.images}
         for k, threshold in enumerate(self.thresholds):
             tag = f"@{threshold:g}"
+            student_pairs = [(t, j) for j in range(t)] if per_image.shape[-1] > t else []
             if pairs:
                 out[f"iou_tt{tag}"] = _mean_over(per_image[k], pairs)
-                out[f"iou_tt_pooled_paper{tag}"] = _mean_over(pooled[k], pairs)
+                out[f"iou_tt_pooled{tag}"] = _mean_over(pooled[k], pairs)
                 out[f"iou_all_teachers_pooled{tag}"] = float(ratio(self.all_intersection[k], self.any_union[k]))
-            if per_image.shape[-1] > t:
-                student_pairs = [(t, j) for j in range(t)]
+            if student_pairs:
                 out[f"iou_st{tag}"] = _mean_over(per_image[k], student_pairs)
-                out[f"iou_st_pooled_paper{tag}"] = _mean_over(pooled[k], student_pairs)
+                out[f"iou_st_pooled{tag}"] = _mean_over(pooled[k], student_pairs)
+            if self.paper:
+                out.update(self._paper_summary(k, tag, pairs, student_pairs))
         if pairs:
             out["soft_iou_tt"] = _mean_over(soft, pairs)
         if soft.shape[-1] > t:
             out["soft_iou_st"] = _mean_over(soft, [(t, j) for j in range(t)])
+        return out
+
+
+    def _paper_summary(self, k: int, tag: str, pairs: Sequence[tuple], student_pairs: Sequence[tuple]) -> dict:
+        """The paper's dataset figures at threshold index k: batch IoUs averaged with batch-size weights."""
+        pairwise = self.paper_pairwise[k] / self.images
+        out = {}
+        if pairs:
+            out[f"iou_tt_paper{tag}"] = _mean_over(pairwise, pairs)
+            out[f"iou_all_teachers_paper{tag}"] = float(self.paper_all_teachers[k] / self.images)
+        if student_pairs:
+            out[f"iou_st_paper{tag}"] = _mean_over(pairwise, student_pairs)
+            out[f"iou_teachers_student_paper{tag}"] = float(self.paper_everyone[k] / self.images)
         return out
 
 

@@ -32,7 +32,7 @@ def write_summary(run: RunDir, options, teachers: Sequence[dict], records: Seque
     plot_metrics(records, ["test_acc", "train_acc", "agreement_ensemble"], run.plots / "accuracy.png",
                        "student accuracy and agreement")
     plot_metrics(records, ["train_loss"], run.plots / "loss.png", "distillation loss")
-    plot_metrics(records, ["iou_tt@0.4", "iou_st@0.4", "iou_st_pooled_paper@0.4", "soft_iou_st"],
+    plot_metrics(records, ["iou_tt@0.4", "iou_st@0.4", "iou_st_pooled@0.4", "soft_iou_st"],
                        run.plots / "attention.png", "attention IoU on the test set (threshold 0.4)")
     plot_metrics(records, ["agreement_ensemble", "nmi_st", "kl_teacher_student", "ece_student"],
                        run.plots / "fidelity.png", "student-teacher fidelity on the test set")

@@ -33,6 +33,11 @@ KD_LOSSES = {
     "logit-mse": dict(alpha=0.0, mode="logit-mse"),     # direct logit matching
 }
 DEFAULT_TEACHERS = "default"
+ATTENTION_KEYS = ("iou_tt@0.4", "iou_tt_pooled@0.4", "iou_st@0.4", "iou_st_pooled@0.4", "soft_iou_tt", "soft_iou_st",
+                  "iou_all_teachers_pooled@0.4", "iou_tt_paper@0.4", "iou_st_paper@0.4", "iou_all_teachers_paper@0.4",
+                  "iou_teachers_student_paper@0.4")
+FIDELITY_KEYS = ("agreement_st", "kl_teacher_student", "kl_student_teacher", "mi_st", "nmi_st", "ece_student",
+                 "agreement_st_paper", "kl_st_paper", "mi_st_paper_score", "mi_st_paper_classif", "ece_student_paper")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class SweepOptions:
     num_teachers: int = 2
     teacher_arch: str = "resnet14"
     teacher_epochs: int = 2
+    regime: str = "default"
 
 
 def _with_magnitude(data: DataOptions, magnitude: int) -> DataOptions:
@@ -76,13 +82,14 @@ def teacher_sets(job: JobOptions, sweep: SweepOptions, folder: Path) -> dict:
 
 
 def _analysis(data: DataOptions, teachers: list, student: Path, split: str, images: int, seed: int, device,
-              out: Path) -> dict:
-    """analysis.json of `out`, computed once per (images, seed). The point's seed picks the images and their
-    augmentation draws, so seeds are independent repeats of the attention measurement too."""
+              out: Path, keys: tuple) -> dict:
+    """analysis.json of `out`, computed once per (images, seed) and again when it lacks one of `keys`. The point's
+    seed picks the images and their augmentation draws, so seeds are independent repeats of the attention
+    measurement too."""
     stored = out / "analysis.json"
     if stored.exists():
         results = json.loads(stored.read_text())
-        if results.get("seed") == seed and results.get("max_images") == images:
+        if results.get("seed") == seed and results.get("max_images") == images and all(k in results for k in keys):
             return results
     return analyze(data, dataset_facts(data), teachers, student,
                    AnalyzeOptions(split=split, max_images=images, seed=seed), device, out)
@@ -153,6 +160,7 @@ def train_control(job: JobOptions, folder: Path, point: Point) -> dict:
 
 
 ANALYSES = {"attention": ("train", True), "fidelity": ("test", False)}   # role: (split, augmented)
+ANALYSIS_KEYS = {"attention": ATTENTION_KEYS, "fidelity": FIDELITY_KEYS}   # what each analysis must hold
 
 
 def measure(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list, role: str) -> dict:
@@ -162,7 +170,8 @@ def measure(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, te
     data = (_with_magnitude(job.data, point.magnitude) if augmented
             else replace(job.data, augment=pipelines.AugmentSpec()))
     return _analysis(data, teachers, folder / point.distill_name / "checkpoints" / "last.pt", split,
-                     sweep.analysis_images, point.seed, resolve_device(job.device), folder / point.jobs[role])
+                     sweep.analysis_images, point.seed, resolve_device(job.device), folder / point.jobs[role],
+                     ANALYSIS_KEYS[role])
 
 
 def point_jobs(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list) -> list:
@@ -183,11 +192,8 @@ def point_metrics(point: Point, results: dict) -> dict:
         "teachers": point.teacher_set, "magnitude": point.magnitude, "seed": point.seed,
         "student_test_acc": student_final["test_acc"], "student_train_acc": student_final["train_acc"],
         "gap": student_final["gap"], "control_test_acc": control_final["test_acc"], "control_gap": control_final["gap"],
-        **{key: attention[key] for key in ("iou_tt@0.4", "iou_tt_pooled_paper@0.4", "iou_st@0.4",
-                                           "iou_st_pooled_paper@0.4", "soft_iou_tt", "soft_iou_st",
-                                           "iou_all_teachers_pooled@0.4")},
-        **{key: fidelity[key] for key in ("agreement_st", "kl_teacher_student", "kl_student_teacher", "mi_st",
-                                          "nmi_st", "ece_student", "ece_student_paper_unweighted")},
+        **{key: attention[key] for key in ATTENTION_KEYS},
+        **{key: fidelity[key] for key in FIDELITY_KEYS},
     }
 
 
@@ -249,4 +255,6 @@ def _collect(executor: Executor, jobs: list, points: list, folder: Path) -> tupl
 
 def sweep_folder(runs_dir: str, name: Optional[str], job: JobOptions, sweep: SweepOptions) -> Path:
     kind = dataset_facts(job.data).kind
-    return Path(runs_dir) / (name or f"sweep-{kind}-{job.data.augment.policy}-{job.data.loader}-{sweep.kd_loss}")
+    suffix = "" if sweep.regime == "default" else f"-{sweep.regime}"
+    derived = f"sweep-{kind}-{job.data.augment.policy}-{job.data.loader}-{sweep.kd_loss}{suffix}"
+    return Path(runs_dir) / (name or derived)

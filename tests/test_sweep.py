@@ -1,5 +1,6 @@
 """`rkd sweep`: verdict rules on synthetic data, and a tiny real sweep that resumes without recomputing."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 from rkd.cli import main
 from rkd.sweep_status import mark
-from rkd.sweep_report import METRICS, aggregate, spearman_test, verdict
+from rkd.sweep_report import METRICS, aggregate, change_interval, definitions_side_by_side, spearman_test, verdict
 
 
 def synthetic_points(values_by_magnitude):
@@ -53,6 +54,57 @@ def test_aggregate_mean_and_std():
     assert rows[1]["seeds"] == 1 and rows[1]["iou_tt@0.4_std"] == 0.0
 
 
+def test_change_interval_is_a_seeded_bootstrap_over_seeds():
+    low, high = [0.30, 0.32, 0.34], [0.20, 0.21, 0.25]
+    change, lower, upper = change_interval(low, high)
+    assert change == pytest.approx(sum(high) / 3 - sum(low) / 3)
+    # every resample's difference lies between the extreme resampled means
+    assert min(high) - max(low) <= lower < change < upper <= max(high) - min(low)
+    assert upper < 0                                                    # a clear fall
+    assert change_interval(low, high) == (change, lower, upper)         # seeded: reproducible
+    assert math.isnan(change_interval([0.3], [0.2, 0.1])[1])           # one seed: no interval
+    assert change_interval([0.5, 0.5], [0.4, 0.4]) == pytest.approx((-0.1, -0.1, -0.1))
+    wide = change_interval([0.1, 0.9, 0.5], [0.2, 0.8, 0.4])
+    assert wide[1] < 0 < wide[2]                                        # within the seeds' spread
+
+
+def test_verdict_carries_its_interval():
+    rows = aggregate(synthetic_points({m: [0.9 - m / 100, 0.91 - m / 100] for m in MAGNITUDES}))
+    name, rho, p, low, high, (change, lower, upper) = verdict(rows, "iou_tt@0.4", -1)
+    assert name == "supported" and change == pytest.approx(high - low) and lower <= change <= upper < 0
+
+
+def test_definitions_side_by_side_flag_disagreeing_trends():
+    points = synthetic_points({m: [0.9 - m / 100, 0.91 - m / 100] for m in MAGNITUDES})
+    for point in points:                     # the paper's IoU rises where rkd's falls; agreement falls in both
+        point["iou_tt_paper@0.4"] = 0.2 + point["magnitude"] / 100
+        point["agreement_st"] = point["agreement_st_paper"] = 0.8 - point["magnitude"] / 200
+    lines = definitions_side_by_side(aggregate(points), "default")
+    row = next(line for line in lines if "`iou_tt@0.4`" in line)
+    assert "`iou_tt_paper@0.4`" in row and "**disagree**" in row
+    assert "| agree |" in next(line for line in lines if "`agreement_st`" in line)
+    notes = [line for line in lines if line.startswith("- ")]
+    assert len(notes) == 1 and "`iou_tt@0.4` changes by -0.2500" in notes[0] and "+0.2500" in notes[0]
+
+
+def test_overfit_regime_presets_and_flags_override(fmnist_dir, tmp_path, monkeypatch):
+    from rkd.commands import sweep as command
+    seen = {}
+    monkeypatch.setattr(command, "run_sweep", lambda job, sweep, folder: seen.update(job=job, sweep=sweep,
+                                                                                     folder=folder) or [])
+    monkeypatch.setattr(command, "write_outputs", lambda points, folder, description: description)
+    main(["sweep", "--data", str(fmnist_dir), "--regime", "overfit", "--device", "cpu", "--runs-dir", str(tmp_path)])
+    job, sweep = seen["job"], seen["sweep"]
+    assert (job.data.train_images, job.optim.epochs, job.data.batch_size) == (500, 15, 32)
+    assert sweep.magnitudes == (0, 5, 9, 15, 20) and sweep.seeds == (0, 1, 2) and sweep.regime == "overfit"
+    assert seen["folder"].name.endswith("-overfit")
+    main(["sweep", "--data", str(fmnist_dir), "--regime", "overfit", "--device", "cpu", "--runs-dir", str(tmp_path),
+          "--epochs", "3", "--seeds", "7", "--train-images", "100", "--magnitudes", "0", "30"])
+    job, sweep = seen["job"], seen["sweep"]
+    assert (job.data.train_images, job.optim.epochs, job.data.batch_size) == (100, 3, 32)
+    assert sweep.magnitudes == (0, 30) and sweep.seeds == (7,)
+
+
 def sweep_argv(fmnist_dir, runs):
     return ["sweep", "--data", str(fmnist_dir), "--magnitudes", "0", "20", "--seeds", "0", "1", "--epochs", "1",
             "--arch", "resnet8", "--teacher-arch", "resnet8", "--teacher-epochs", "1", "--train-images", "200",
@@ -75,7 +127,9 @@ def test_tiny_sweep_end_to_end_and_resume(fmnist_dir, tmp_path, capsys):
     assert analyses[0]["iou_tt@0.4"] != analyses[1]["iou_tt@0.4"]   # ... so even the fixed teachers' IoU varies
     assert all(0 <= p["iou_tt@0.4"] <= 1 and 0 <= p["agreement_st"] <= 1 for p in data["points"])
     report = (folder / "report.md").read_text()
-    assert report.count("| default |") >= 6 and "verdict" in report
+    assert report.count("| default |") >= 6 and "verdict" in report and "change [95% CI]" in report
+    assert "rkd's definitions beside the paper's" in report and "`mi_st_paper_classif`" in report
+    assert all(0 <= p["iou_tt_paper@0.4"] <= 1 and p["ece_student_paper"] >= 0 for p in data["points"])
     student_data = json.loads((folder / "distill-tdefault-m0-s0" / "config.json").read_text())["data"]
     assert student_data["train_images"] == 200
     for teacher in (tmp_path / "teachers").iterdir():   # the students' cut never reaches the cached default teachers

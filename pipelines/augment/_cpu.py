@@ -5,8 +5,10 @@ passes (float copies, 64-bit gather indices) leave the cache, so these kernels d
 
 * `apply_lut`, `histograms`: integer work only; `gray_sums`: torchvision's float32 luma, floored, summed exactly.
 * `warp_nearest`: computes torchvision's float32 sampling grid per pixel, operation for operation as the float32
-  GEMM that builds it (x·t0, fused multiply-add of y·t1, + t2; bit-identical to the torch grid on the machines
-  we checked), and rounds it as ATen's CPU ``grid_sample`` does (``(g + 1) · size/2 − 0.5``, half to even).
+  GEMM that builds it: (x·t0 + y·t1) + t2, each step rounded to float32, or with y·t1 fused into the sum where
+  the BLAS uses FMA (`grid_rule` finds which on first use by comparing with torch's own grid, and refuses the
+  fast path when neither matches), then rounds it as ATen's CPU ``grid_sample`` does (``(g + 1) · size/2 − 0.5``
+  in float32, half to even), so nearest-neighbour ties at half-integer source coordinates fall the same way.
 * `saturate`, `sharpen`: torchvision's float32 operations; each fused multiply-add is evaluated in float64, where
   its product and sum are exact for these operands (8-bit integers times float32 factors), then rounded once
   to float32 — the value a hardware FMA gives.
@@ -16,6 +18,9 @@ into the same images of `out`, so a policy runs each op on its images without ga
 The tests compare both paths with torchvision.
 """
 from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional
 
 import numba
 import numpy as np
@@ -42,8 +47,16 @@ def _histograms(images, indices, out):
             hist[src[i]] += 1
 
 
+@njit(inline="always")
+def _grid_value(x, y, t0, t1, t2, fused):
+    """One float32 grid coordinate [x, y, 1] · [t0, t1, t2] in the GEMM's order: (x·t0 + y·t1) + t2."""
+    if fused:
+        return np.float32(np.float64(y) * np.float64(t1) + np.float64(x * t0)) + t2
+    return (x * t0 + y * t1) + t2
+
+
 @njit(parallel=True, cache=True)
-def _warp_nearest(images, indices, thetas, base_x, base_y, outside, out):
+def _warp_nearest(images, indices, thetas, base_x, base_y, outside, fused, out):
     _, channels, height, width = images.shape
     one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
     scale_x, scale_y = np.float32(width / 2), np.float32(height / 2)
@@ -51,13 +64,11 @@ def _warp_nearest(images, indices, thetas, base_x, base_y, outside, out):
     for task in prange(indices.shape[0] * height):
         k, y = task // height, task % height
         i, t = indices[k], thetas[k]
-        # torchvision's grid is the float32 GEMM [x, y, 1] @ t: x·t0, fused multiply-add of y·t1, then + t2
-        row_x = np.float64(base_y[y]) * np.float64(t[1, 0])
-        row_y = np.float64(base_y[y]) * np.float64(t[1, 1])
+        row = base_y[y]
         source = np.empty(width, np.int32)
         for x in range(width):
-            grid_x = np.float32(row_x + np.float64(base_x[x] * t[0, 0])) + t[2, 0]
-            grid_y = np.float32(row_y + np.float64(base_x[x] * t[0, 1])) + t[2, 1]
+            grid_x = _grid_value(base_x[x], row, t[0, 0], t[1, 0], t[2, 0], fused)
+            grid_y = _grid_value(base_x[x], row, t[0, 1], t[1, 1], t[2, 1], fused)
             # grid_sample's nearest source pixel (align_corners=False), rounded half to even
             sx = np.rint((grid_x + one) * scale_x - half)
             sy = np.rint((grid_y + one) * scale_y - half)
@@ -162,13 +173,38 @@ def gray_sums(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return sums
 
 
+def _emulated_grid(base: np.ndarray, thetas: np.ndarray, fused: bool) -> np.ndarray:
+    x, y = base[:, 0][None, :, None], base[:, 1][None, :, None]
+    t0, t1, t2 = thetas[:, None, 0, :], thetas[:, None, 1, :], thetas[:, None, 2, :]
+    if fused:
+        return (y.astype(np.float64) * t1 + (x * t0)).astype(np.float32) + t2
+    return (x * t0 + y * t1) + t2
+
+
+@lru_cache(maxsize=None)
+def grid_rule() -> Optional[bool]:
+    """How torch's float32 GEMM builds the sampling grid on this machine: False = every step rounded, True = y·t1
+    fused into the sum, None = neither (then `warp_nearest` cannot reproduce it and must not be used)."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.cat([(torch.rand(4096, 2, generator=generator) - 0.5) * 448, torch.ones(4096, 1)], dim=1)
+    thetas = torch.randn(16, 3, 2, generator=generator)
+    grid = base.expand(16, -1, -1).bmm(thetas).numpy()
+    for fused in (False, True):
+        if np.array_equal(_emulated_grid(base.numpy(), thetas.numpy(), fused), grid):
+            return fused
+    return None
+
+
 def warp_nearest(images: torch.Tensor, indices: torch.Tensor, thetas: torch.Tensor, base_x: torch.Tensor,
                  base_y: torch.Tensor, outside: torch.Tensor, out: torch.Tensor) -> None:
     """Nearest-neighbour resampling along the grid ``[base_x, base_y, 1] @ thetas[k]`` (float32 (S, 3, 2)
     rescaled matrices, float32 pixel-centre coordinates); pixels from outside the image get `outside` (C,)."""
     if images.shape[-2] * images.shape[-1] >= 2 ** 24:
         raise ValueError("warp_nearest indexes pixels in float32: images must have fewer than 2**24 pixels")
-    _run(_warp_nearest, images, indices, thetas.contiguous(), base_x, base_y, outside.contiguous(), out)
+    fused = grid_rule()
+    if fused is None:
+        raise RuntimeError("warp_nearest cannot reproduce this machine's torch grid: use the torch kernels")
+    _run(_warp_nearest, images, indices, thetas.contiguous(), base_x, base_y, outside.contiguous(), fused, out)
 
 
 def saturate(images: torch.Tensor, indices: torch.Tensor, ratios: torch.Tensor, alphas: torch.Tensor,

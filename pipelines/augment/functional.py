@@ -9,8 +9,8 @@ parameter (C = 1 or 3, on CPU or CUDA, no Python loop over images):
   image we use ``torch.addcmul``, which fuses the same way (checked against torchvision by the tests).
 * geometric kernels build torchvision's inverse affine matrix (float64) and its float32 sampling grid, and run
   ``grid_sample``: the same grid and the same sampler, so the same pixels. The CPU kernel recomputes that grid
-  per pixel and rounds it as ``grid_sample`` does (identical here; the tests allow a few flipped
-  nearest-neighbour ties, should another CPU round a grid value differently).
+  per pixel in the GEMM's float32 order and rounds it as ``grid_sample`` does, ties included (bit-exact; where
+  it cannot reproduce the machine's torch grid, the torch kernels run instead).
 
 Parameters are 1-D tensors (or sequences) of length N, on any device; they are moved to the images' device.
 The pixel kernels (`apply_lut`, `warp_affine`, `adjust_saturation`, `adjust_sharpness`, `channel_histograms`) also
@@ -374,12 +374,13 @@ def warp_affine(images: torch.Tensor, inverse_matrices: torch.Tensor, interpolat
     channels, height, width = images.shape[1:]
     if interpolation == "nearest" and _on_numba(images):
         from . import _cpu
-        indices, out = _selection(images, indices, out)
-        outside = torch.zeros(channels) if fill is None else _fill_values(fill, channels, images.device).view(-1)
-        _cpu.warp_nearest(images, indices, _grid_thetas(inverse_matrices, height, width),
-                          _pixel_centres(width, "cpu"), _pixel_centres(height, "cpu"),
-                          outside.round().expand(channels).to(torch.uint8), out)
-        return out
+        if _cpu.grid_rule() is not None:    # the Numba kernel reproduces this machine's torch grid
+            indices, out = _selection(images, indices, out)
+            outside = torch.zeros(channels) if fill is None else _fill_values(fill, channels, images.device).view(-1)
+            _cpu.warp_nearest(images, indices, _grid_thetas(inverse_matrices, height, width),
+                              _pixel_centres(width, "cpu"), _pixel_centres(height, "cpu"),
+                              outside.round().expand(channels).to(torch.uint8), out)
+            return out
 
     def resample(selected: torch.Tensor) -> torch.Tensor:
         n = selected.shape[0]

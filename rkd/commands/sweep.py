@@ -19,12 +19,21 @@ from .options import build_job_options, check_arch, data_options, model_options
 
 CPU_SWEEP_EPOCHS = 6         # the default sweep's cut to fit 30 minutes on 2 CPU cores
 CPU_SWEEP_TRAIN_IMAGES = 5000
+# --regime overfit: students see few images for many epochs, so the control student overfits at magnitude 0
+REGIMES = {"default": {}, "overfit": dict(train_images=500, epochs=15, batch_size=32, magnitudes=(0, 5, 9, 15, 20),
+                                         seeds=(0, 1, 2))}
 
 
 @click.command("sweep")
 @data_options
 @model_options
 @click.option("--name", default=None, help="Sweep folder name [derived from the options].")
+@click.option("--regime", type=click.Choice(list(REGIMES)), default="default", show_default=True,
+              help="overfit: students train on {train_images} images for {epochs} epochs in batches of "
+                   "{batch_size}, magnitudes {magnitudes}, seeds {seeds}, so the control student overfits (the flags "
+                   "override each).".format(
+                       **{k: " ".join(map(str, v)) if isinstance(v, tuple) else v
+                          for k, v in REGIMES["overfit"].items()}))
 @click.option("--magnitudes", cls=ManyValues, default=(0, 5, 9, 15, 20, 25), show_default=True,
               help="Student augmentation magnitudes (bins of --num-magnitude-bins).")
 @click.option("--seeds", cls=ManyValues, default=(0,), show_default=True, help="Seeds per magnitude.")
@@ -51,15 +60,22 @@ CPU_SWEEP_TRAIN_IMAGES = 5000
                    "CPU results depend on it, so executors agree at the same value [this process's torch threads].")
 @click.option("--status", "show_status", is_flag=True,
               help="Show which points of the sweep folder are done, running, failed and left, then exit.")
-def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_images, analysis_images, num_teachers,
-                  teacher_arch, teacher_epochs, executor, ray_address, cpus_per_point, show_status, **kw) -> None:
+def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, kd_loss, train_images, analysis_images,
+                  num_teachers, teacher_arch, teacher_epochs, executor, ray_address, cpus_per_point, show_status,
+                  **kw) -> None:
     """The paper's study over augmentation magnitudes: per magnitude and seed, a distilled student, a
     cross-entropy control, attention IoU and fidelity; a table, plots and a report of which claims hold.
     Resumable: finished runs are reused. Its jobs run one after the other, or as Ray tasks in parallel
     (--executor ray); a line per finished point gives an ETA, and --status shows where a sweep stands. On the CPU the defaults are cut to fit 30 minutes on 2 cores
     (6 epochs on 5000 training images per student); on a GPU they are the dataset's full settings."""
-    if click.get_current_context().get_parameter_source("magnitude") == ParameterSource.COMMANDLINE:
+    context = click.get_current_context()
+    if context.get_parameter_source("magnitude") == ParameterSource.COMMANDLINE:
         raise click.BadParameter("a sweep sets the magnitude per run: use --magnitudes", param_hint="--magnitude")
+    preset = {key: value for key, value in REGIMES[regime].items()
+              if context.get_parameter_source(key) != ParameterSource.COMMANDLINE}
+    magnitudes, seeds = preset.get("magnitudes", magnitudes), preset.get("seeds", seeds)
+    train_images = preset.get("train_images", train_images)
+    kw["epochs"], kw["batch_size"] = kw["epochs"] or preset.get("epochs"), kw["batch_size"] or preset.get("batch_size")
     on_cpu = resolve_device(kw["device"]).type == "cpu"
     if on_cpu:
         kw["epochs"] = kw["epochs"] or CPU_SWEEP_EPOCHS
@@ -77,7 +93,7 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
                          teacher_magnitudes=tuple(teacher_magnitudes or ()), kd_loss=kd_loss,
                          analysis_images=analysis_images, num_teachers=num_teachers,
                          teacher_arch=check_arch(teacher_arch or defaults["teacher_arch"], "--teacher-arch"),
-                         teacher_epochs=teacher_epochs or defaults["teacher_epochs"])
+                         teacher_epochs=teacher_epochs or defaults["teacher_epochs"], regime=regime)
     folder = sweep_folder(job.runs_dir, name, job, sweep)
     if show_status:
         click.echo(describe(folder, read_plan(folder) or {"points": plan_entries(grid(sweep))}))
@@ -92,10 +108,13 @@ def sweep_command(name, magnitudes, seeds, teacher_magnitudes, kd_loss, train_im
         raise click.ClickException(f"no sweep point finished ({len(result.failed)} jobs failed); see "
                                    "the lines above, or rkd sweep --status with the same options")
     points = result.points
-    description = (f"Data `{job.data.data}`, loader `{job.data.loader}`, policy `{job.data.augment.policy}`, "
+    description = (f"Regime `{regime}`. Data `{job.data.data}`, loader `{job.data.loader}`, "
+                   f"policy `{job.data.augment.policy}`, "
                    f"student `{job.arch}` ({job.optim.epochs} epochs on "
-                   f"{train_images or 'all'} training images), KD loss `{kd_loss}`, seeds {list(seeds)}, "
-                   f"teachers {sweep.num_teachers} × `{sweep.teacher_arch}`; attention and fidelity measured on "
+                   f"{train_images or 'all'} training images in batches of {job.data.batch_size}), "
+                   f"KD loss `{kd_loss}`, seeds {list(seeds)}, "
+                   f"teachers {sweep.num_teachers} × `{sweep.teacher_arch}` ({sweep.teacher_epochs} epochs); "
+                   f"attention and fidelity measured on "
                    f"{analysis_images} images.")
     click.echo(write_outputs(points, folder, description))
     click.echo(f"sweep folder: {folder}")
