@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from rkd.cli import main
+from rkd.sweep import SweepResult
 from rkd.sweep_status import mark
 from rkd.sweep_report import METRICS, aggregate, change_interval, definitions_side_by_side, spearman_test, verdict
 
@@ -90,8 +91,8 @@ def test_definitions_side_by_side_flag_disagreeing_trends():
 def test_overfit_regime_presets_and_flags_override(fmnist_dir, tmp_path, monkeypatch):
     from rkd.commands import sweep as command
     seen = {}
-    monkeypatch.setattr(command, "run_sweep", lambda job, sweep, folder: seen.update(job=job, sweep=sweep,
-                                                                                     folder=folder) or [])
+    monkeypatch.setattr(command, "run_sweep", lambda job, sweep, folder, runner: seen.update(
+        job=job, sweep=sweep, folder=folder) or SweepResult(points=[{}], failed={}))
     monkeypatch.setattr(command, "write_outputs", lambda points, folder, description: description)
     main(["sweep", "--data", str(fmnist_dir), "--regime", "overfit", "--device", "cpu", "--runs-dir", str(tmp_path)])
     job, sweep = seen["job"], seen["sweep"]
