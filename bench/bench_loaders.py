@@ -32,6 +32,7 @@ import torch
 from PIL import Image, features
 
 import pipelines
+from pipelines.cache import cache_home
 from pipelines.photo_tree import build_photo_tree
 from pipelines.sources import open_source, take
 
@@ -67,7 +68,7 @@ def parse(argv: list) -> argparse.Namespace:
 
 def bench_cache() -> Path:
     """Where built benchmark data is kept between runs: ``$RKD_CACHE_DIR/bench`` or ``~/.cache/rkd/bench``."""
-    return Path(os.environ.get("RKD_CACHE_DIR") or Path.home() / ".cache" / "rkd").expanduser() / "bench"
+    return cache_home() / "bench"
 
 
 def photo_tree(images: int) -> Path:

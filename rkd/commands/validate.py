@@ -13,10 +13,9 @@ from typing import Optional
 
 import click
 import torch
+from pipelines.cache import CACHE_ENV
 
 from ..errors import RkdError
-
-CACHE_ENV = "RKD_CACHE_DIR"  # read by pipelines.beton (the ffcv conversion cache)
 
 
 class Real(click.ParamType):
