@@ -88,9 +88,9 @@ def usable(backends: list) -> list:
     for backend in backends:
         try:
             if backend == "ffcv":
-                import pipelines.ffcv_backend  # noqa: F401
+                import pipelines.ffcv.loader  # noqa: F401
             elif backend == "dali":
-                import pipelines.dali_backend  # noqa: F401
+                import pipelines.dali.loader  # noqa: F401
             elif backend != "torch":
                 raise ValueError(f"unknown backend {backend!r}")
             found.append(backend)
@@ -178,7 +178,7 @@ def measure_decode_ceiling(suite: Suite, label: str, files: list, args: argparse
 
 def convert_once(suite: Suite, label: str, source, options: dict) -> None:
     """FFCV's one-time conversion into the cache, timed on its own (~0 s when already cached)."""
-    from pipelines.beton import cached_beton
+    from pipelines.ffcv.beton import cached_beton
     start = time.perf_counter()
     info = cached_beton(source, "train", progress=False, **options)
     suite.record(f"{label}/convert", seconds=time.perf_counter() - start, images=info.num_samples,

@@ -217,7 +217,7 @@ def measure_tree(root: Path, backends: list, ffcv_limit: int, repeats: int) -> d
     if "ffcv" in backends:
         subset = source if files <= ffcv_limit else take(source, torch.arange(ffcv_limit))
         result["ffcv_files"] = len(subset)
-        from pipelines.beton import cached_beton
+        from pipelines.ffcv.beton import cached_beton
         with tempfile.TemporaryDirectory(prefix="rkd-bench-scale-") as cache:
             convert = partial(cached_beton, split="train", cache_dir=cache, progress=False, num_workers=2)
             convert(warmup)

@@ -44,9 +44,9 @@ def build_loader(backend: str, source: Union[str, Path, Source], *, split: str, 
     else:
         try:
             if backend == "ffcv":
-                from .ffcv_backend import FFCVLoader as loader_class
+                from .ffcv.loader import FFCVLoader as loader_class
             else:
-                from .dali_backend import DALILoader as loader_class
+                from .dali.loader import DALILoader as loader_class
         except ImportError as err:
             raise ConfigError(f"build_loader: backend {backend!r} needs a package that is missing ({err.name}): "
                               f"{_INSTALL_HINT[backend]}") from None

@@ -56,7 +56,7 @@ def evaluation_data(options: DataOptions) -> str:
         return options.data
     if options.loader != "ffcv":
         raise ConfigError(f"--data: {path} is a .beton file, which only the ffcv loader reads (use --loader ffcv)")
-    from pipelines.beton import read_beton, recorded_source
+    from pipelines.ffcv.beton import read_beton, recorded_source
 
     return recorded_source(read_beton(path))
 

@@ -53,7 +53,7 @@ def test_distill_through_other_loaders(distilled, loader, tmp_path, monkeypatch,
 def test_distill_from_a_beton_file(distilled, tmp_path, capsys):
     """`rkd distill --data X.beton --loader ffcv`: trains from the file, evaluates on the source its sidecar names."""
     pytest.importorskip("ffcv")
-    from pipelines.beton import convert_to_beton
+    from pipelines.ffcv.beton import convert_to_beton
 
     _, argv = distilled
     source, runs = argv[argv.index("--data") + 1], tmp_path / "runs"

@@ -32,8 +32,8 @@ from ffcv.writer import DatasetWriter  # noqa: E402
 from formats import write_jpeg_tree  # noqa: E402
 
 from pipelines import AugmentSpec, ConfigError, build_loader, open_source  # noqa: E402
-from pipelines.beton import cache_root, cached_beton, convert_to_beton, read_beton, sidecar_path  # noqa: E402
-from pipelines.ffcv_backend import FFCVLoader, eval_crop_box  # noqa: E402
+from pipelines.ffcv.beton import cache_root, cached_beton, convert_to_beton, read_beton, sidecar_path  # noqa: E402
+from pipelines.ffcv.loader import FFCVLoader, eval_crop_box  # noqa: E402
 from pipelines.photo_tree import build_photo_tree  # noqa: E402
 from rkd.commands.convert import convert_command  # noqa: E402
 
@@ -376,7 +376,7 @@ def _running(pid: int) -> bool:
 
 
 def test_writer_processes_die_with_a_killed_conversion(fmnist_dir, tmp_path, monkeypatch):
-    import pipelines.beton as beton
+    import pipelines.ffcv.beton as beton
     item = beton._ArrayItems.__getitem__
     monkeypatch.setattr(beton._ArrayItems, "__getitem__", lambda self, i: (time.sleep(0.05), item(self, i))[1])
     out = tmp_path / "killed.beton"

@@ -37,10 +37,10 @@ from ffcv.memory_allocator import MemoryAllocator
 from ffcv.writer import MAX_PAGE_SIZE, DatasetWriter
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from .cache import CACHE_ENV, cache_dir, writable_folder  # noqa: F401 - CACHE_ENV was defined here; kept importable
-from .errors import ConfigError
-from .sources import IMAGENET_MEAN, IMAGENET_STD, ArraySource, FileSource, Source, open_source, resolve_path
-from .validate import scan_files
+from ..cache import CACHE_ENV, cache_dir, writable_folder  # noqa: F401 - CACHE_ENV was defined here; kept importable
+from ..errors import ConfigError
+from ..sources import IMAGENET_MEAN, IMAGENET_STD, ArraySource, FileSource, Source, open_source, resolve_path
+from ..validate import scan_files
 
 LAYOUT_VERSION = 1  # bump when what this module writes changes: cached conversions are then redone
 WRITE_MODES = ("jpg", "raw", "proportion")

@@ -10,7 +10,7 @@ Order: "random" is the torch backend's order (pipelines.sampling.shard_indices: 
 no process group needed); "quasi_random" is FFCV's page-local order on a fixed shard of this rank.
 The FFCV Loader is built once and compiled on the first epoch (seconds); later epochs reuse the code.
 
-Sources that are not .beton files are converted once into the cache (`pipelines.beton.cached_beton`), so bad
+Sources that are not .beton files are converted once into the cache (`pipelines.ffcv.beton.cached_beton`), so bad
 input (missing or truncated .beton, other fields, corrupt JPEGs) is refused before the first batch. Two fixes to
 FFCV 1.0.2 live here: an exception in FFCV's loader thread reaches the consumer instead of leaving it waiting,
 and OSCacheManager no longer edits numba's interned array type in place (see `_os_cache_state_type`).
@@ -38,14 +38,14 @@ from ffcv.traversal_order import QuasiRandom
 from ffcv.traversal_order.base import TraversalOrder
 from numba import njit
 
-from .crops import eval_crop_box
+from ..crops import eval_crop_box
 from .beton import IMAGE_FIELD, LABEL_FIELD, BetonInfo, cached_beton, read_beton
-from .device_stage import DeviceStage
-from .errors import ConfigError
-from .sampling import derive_seed, shard_indices
-from .sources import Source, open_source, resolve_path
-from .spec import AugmentSpec
-from .torch_backend import EVAL_CROP_FRACTION, array_batch_transform
+from ..device_stage import DeviceStage
+from ..errors import ConfigError
+from ..sampling import derive_seed, shard_indices
+from ..sources import Source, open_source, resolve_path
+from ..spec import AugmentSpec
+from ..torch_backend import EVAL_CROP_FRACTION, array_batch_transform
 
 ORDERS = ("random", "quasi_random")
 RRC_SCALE = (0.08, 1.0)

@@ -73,13 +73,13 @@ from nvidia.dali.auto_aug.trivial_augment import apply_trivial_augment
 from nvidia.dali.plugin.pytorch import feed_ndarray
 from torchvision.transforms import v2
 
-from .device_stage import DeviceStage
-from .errors import ConfigError
-from .sampling import derive_seed, epoch_batches, shard_indices, split_batches
-from .sources import ArraySource, FileSource, Source, open_source
-from .spec import AugmentSpec
-from .torch_backend import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION
-from .validate import inspect_file
+from ..device_stage import DeviceStage
+from ..errors import ConfigError
+from ..sampling import derive_seed, epoch_batches, shard_indices, split_batches
+from ..sources import ArraySource, FileSource, Source, open_source
+from ..spec import AugmentSpec
+from ..torch_backend import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION
+from ..validate import inspect_file
 
 AUGMENT_BACKENDS = ("dali", "rkd")
 

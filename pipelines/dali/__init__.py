@@ -1,0 +1,1 @@
+"""The DALI backend: the graph, its augmentation suite and the loader (loader.py)."""
