@@ -24,7 +24,7 @@ import kernels
 from bench.harness import Suite, copy_bandwidth
 from kernels.numba_backend import numba_counts
 from kernels.reference import torch_counts
-from rkd.timing import DeviceClock
+from rkd.train.timing import DeviceClock
 
 
 def _check_same(ours, reference, label: str) -> None:

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from bench.harness import Suite
 from pipelines.augment import AutoAugment, RandAugment, TrivialAugmentWide, functional, ops
-from rkd.timing import DeviceClock
+from rkd.train.timing import DeviceClock
 
 POLICIES = {
     "randaugment_2_9": (lambda: RandAugment(2, 9), lambda: v2.RandAugment(2, 9)),

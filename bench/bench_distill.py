@@ -13,11 +13,11 @@ import torch
 
 import pipelines
 from pipelines.sources import open_source, take
-from rkd.ensemble import TeacherEnsemble
-from rkd.kd_step import KDStep
+from rkd.kd.ensemble import TeacherEnsemble
+from rkd.kd.step import KDStep
 from rkd.models import WithFeatures, create
-from rkd.optim import OptimConfig
-from rkd.trainer import ModelInfo, Trainer
+from rkd.train.optim import OptimConfig
+from rkd.train.trainer import ModelInfo, Trainer
 
 from .harness import Suite
 

@@ -22,10 +22,10 @@ import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from bench.harness import Suite
-from rkd.ensemble import TeacherEnsemble, teacher_pass
-from rkd.evaluate import autocast_for
+from rkd.kd.ensemble import TeacherEnsemble, teacher_pass
+from rkd.train.evaluate import autocast_for
 from rkd.models import CIFAR_RESNETS, create
-from rkd.timing import DeviceClock
+from rkd.train.timing import DeviceClock
 
 
 class _LogitsAndFeatures(nn.Module):

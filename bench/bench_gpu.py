@@ -18,7 +18,7 @@ Parts, in order of importance (the results file is rewritten after each, so a ru
   launch_overhead  CUDA graphs and torch.compile for the augmentation and for small teachers (resnet20 at 32);
                    measured only: no default changes without these numbers
   dali, ffcv       the same JPEG tree through those loaders, when their packages import (skipped otherwise)
-Every timing synchronizes the device (bench.harness, rkd.timing). The dry run uses the CPU, tiny sizes, the
+Every timing synchronizes the device (bench.harness, rkd.train.timing). The dry run uses the CPU, tiny sizes, the
 CUDA-test selection of one small file, Triton's interpreter and torch.compile's eager backend.
 """
 from __future__ import annotations
@@ -270,9 +270,9 @@ def graphed(run: Callable[[torch.Tensor], object], example: torch.Tensor) -> Cal
 def part_launch_overhead(check: Check, device: torch.device, sizes: Sizes) -> Optional[str]:
     from bench.bench_augment import _batch
     from pipelines.augment import RandAugment
-    from rkd.ensemble import TeacherEnsemble
+    from rkd.kd.ensemble import TeacherEnsemble
     from rkd.models import create
-    from rkd.timing import DeviceClock
+    from rkd.train.timing import DeviceClock
     suite, clock = check.suite, DeviceClock(device)
     arch, image_size, batch = sizes.small_teacher
     teachers = [create(arch, 10, image_size).to(device, memory_format=torch.channels_last).eval() for _ in range(3)]
@@ -324,7 +324,7 @@ def part_other_loader(check: Check, backend: str, device: torch.device, sizes: S
     import pipelines
     from bench.bench_loaders import convert_once, measure_loader
     try:
-        __import__(f"pipelines.{backend}_backend")
+        __import__(f"pipelines.{backend}.loader")
     except ImportError as err:
         return f"{backend} does not import ({err})"
     source, args = photo_tree_source(sizes.tree_images), loader_args(sizes, device)

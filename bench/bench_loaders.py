@@ -36,7 +36,7 @@ from pipelines.cache import cache_home
 from pipelines.photo_tree import build_photo_tree
 from pipelines.sources import open_source, take
 
-from rkd.timing import DeviceClock
+from rkd.train.timing import DeviceClock
 
 from .harness import Suite
 

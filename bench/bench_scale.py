@@ -183,7 +183,7 @@ def measure_tree(root: Path, backends: list, ffcv_limit: int, repeats: int) -> d
     from pipelines.sampling import shard_indices
     from pipelines.sources import open_source, take
     for backend in backends:
-        __import__(f"pipelines.{backend}_backend")
+        __import__("pipelines.torch_backend" if backend == "torch" else f"pipelines.{backend}.loader")
     before = _resident_bytes()
     source, first_scan = _timed(lambda: open_source(root, "train"))
     files = len(source)

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from rkd.timing import DeviceClock
+from rkd.train.timing import DeviceClock
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

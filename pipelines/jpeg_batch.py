@@ -18,6 +18,7 @@ from torchvision.transforms import RandomResizedCrop
 
 from .augment.train_transforms import horizontal_flip, resized_crops
 from .errors import ConfigError
+from .spec import RRC_RATIO, RRC_SCALE
 
 DECODE_DEVICES = ("cpu", "cuda")
 
@@ -45,7 +46,7 @@ def read_with_crop(path: str) -> Tuple[bytes, List[int], bool]:
             if header.format != "JPEG":
                 raise ConfigError(f"--data: {path} is {header.format}, not JPEG; batched decoding (decode_device) "
                                   "reads JPEG files only: convert it or decode per image")
-            box = list(RandomResizedCrop.get_params(header, scale=[0.08, 1.0], ratio=[3.0 / 4.0, 4.0 / 3.0]))
+            box = list(RandomResizedCrop.get_params(header, scale=list(RRC_SCALE), ratio=list(RRC_RATIO)))
     except (UnidentifiedImageError, OSError) as err:
         raise ConfigError(f"--data: cannot read {path} ({err}); remove or replace the file") from None
     flip = bool(torch.rand(1) < 0.5)

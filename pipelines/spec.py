@@ -11,6 +11,12 @@ from .errors import ConfigError
 POLICIES = ("none", "randaugment", "autoaugment", "trivialaugment")
 AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")
 
+# The plain transforms every backend shares (torchvision's ImageNet recipe and the CIFAR padded crop).
+EVAL_CROP_FRACTION = 0.875          # evaluation: Resize(round(S / 0.875)) then CenterCrop(S)
+ARRAY_CROP_PADDING = 4              # array sources train on a crop of the image zero-padded by 4 px
+RRC_SCALE = (0.08, 1.0)             # RandomResizedCrop's area fraction range
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range
+
 
 def is_whole(value) -> bool:
     """True for an integer (Python or numpy), False for bools, floats (even 9.0), NaN and anything else."""

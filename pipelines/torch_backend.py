@@ -27,10 +27,8 @@ from .errors import ConfigError
 from .jpeg_batch import check_decode_device, decode_crop_flip, pack, read_with_crop
 from .sampling import derive_seed, epoch_batches, shard_indices, split_batches
 from .sources import ArraySource, FileSource, Source
-from .spec import AugmentSpec
+from .spec import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION, AugmentSpec
 
-EVAL_CROP_FRACTION = 0.875
-ARRAY_CROP_PADDING = 4
 
 
 def torchvision_policy(spec: AugmentSpec) -> Optional[v2.Transform]:

@@ -7,7 +7,7 @@ import click
 
 from pipelines.errors import ConfigError
 
-from . import run_lock
+from .train import run_lock
 from .commands.analyze import analyze_command
 from .commands.convert import convert_command
 from .commands.photos import make_jpeg_dataset_command, make_photo_tree_command

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import attention_iou, paper_attention_iou
-from rkd.attention import AttentionMeter
-from rkd.checkpoint import model_record, save_checkpoint
+from rkd.measure.attention import AttentionMeter
+from rkd.train.checkpoint import model_record, save_checkpoint
 from rkd.cli import main
 from rkd.models import create
 

@@ -52,7 +52,7 @@ def test_the_device_clock_synchronizes_cuda_before_reading_the_host_clock(monkey
 
     import torch
 
-    from rkd.timing import DeviceClock
+    from rkd.train.timing import DeviceClock
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", str(device))))
     real = time.perf_counter

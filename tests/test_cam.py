@@ -1,9 +1,9 @@
-"""rkd.cam: CAM by hand, CAM vs Grad-CAM on a GAP + linear timm model, a head without a linear layer."""
+"""rkd.measure.cam: CAM by hand, CAM vs Grad-CAM on a GAP + linear timm model, a head without a linear layer."""
 import pytest
 import torch
 import torch.nn as nn
 
-from rkd.cam import class_activation_maps, grad_cam, linear_head_weight
+from rkd.measure.cam import class_activation_maps, grad_cam, linear_head_weight
 
 timm = pytest.importorskip("timm")
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipelines.errors import ConfigError
-from rkd.checkpoint import load_checkpoint, load_model, model_record, save_checkpoint
+from rkd.train.checkpoint import load_checkpoint, load_model, model_record, save_checkpoint
 from rkd.models import create
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from rkd.checkpoint import load_checkpoint, model_record, save_checkpoint
+from rkd.train.checkpoint import load_checkpoint, model_record, save_checkpoint
 from rkd.cli import main
 from rkd.models import create
 

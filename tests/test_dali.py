@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import InterpolationMode  # noqa: E402
 
 from formats import learnable_images, write_idx  # noqa: E402
 from pipelines import AugmentSpec, ConfigError, build_loader, open_source  # noqa: E402
-from pipelines.dali import loader as db  # noqa: E402
+from pipelines.dali import loader as db, suite as dali_suite  # noqa: E402
 from pipelines.device_stage import DeviceStage  # noqa: E402
 from pipelines.photo_tree import build_photo_tree  # noqa: E402
 from pipelines.sampling import shard_indices  # noqa: E402
@@ -166,8 +166,8 @@ def test_array_training_crop_is_a_padded_window_with_flip(fmnist64):
 @pytest.mark.parametrize("policy", ["randaugment", "autoaugment", "trivialaugment"])
 def test_suite_tables_are_torchvisions(policy):
     height, width = 48, 64
-    suite = db.torchvision_suite(AugmentSpec(policy), height, width, 3)
-    bins = db.AUTOAUGMENT_BINS if policy == "autoaugment" else 31
+    suite = dali_suite.torchvision_suite(AugmentSpec(policy), height, width, 3)
+    bins = dali_suite.AUTOAUGMENT_BINS if policy == "autoaugment" else 31
     for name, (table, signed) in TV_SPACE[policy].items():
         expected = table(bins, height, width)
         assert suite[name].randomly_negate == signed, name
@@ -176,7 +176,7 @@ def test_suite_tables_are_torchvisions(policy):
         else:
             assert np.array_equal(suite[name].mag_range, expected.numpy()), name
     if policy != "autoaugment":
-        assert set(db.RANDAUGMENT_OPS) == set(TV_SPACE[policy])
+        assert set(dali_suite.RANDAUGMENT_OPS) == set(TV_SPACE[policy])
 
 
 def _photos(tree, height: int, width: int) -> np.ndarray:
@@ -190,9 +190,9 @@ def _photos(tree, height: int, width: int) -> np.ndarray:
 def test_each_op_matches_torchvision(photo_tree, policy, channels, bins):
     photos = _photos(photo_tree, 48, 64)[..., :channels].copy()
     n, height, width, _ = photos.shape
-    suite = db.torchvision_suite(AugmentSpec(policy), height, width, channels)
+    suite = dali_suite.torchvision_suite(AugmentSpec(policy), height, width, channels)
     space = TV_SPACE[policy]
-    num_bins = db.AUTOAUGMENT_BINS if policy == "autoaugment" else 31
+    num_bins = dali_suite.AUTOAUGMENT_BINS if policy == "autoaugment" else 31
     cases = [(name, b, s) for name, (table, signed) in space.items()
              for b in (bins if table(num_bins, height, width) is not None else (0,))
              for s in ((0, 1) if signed else (0,))]
@@ -256,14 +256,14 @@ _HAS_MAGNITUDE = {name: table(10, 8, 8) is not None for name, (table, _) in _SPA
 
 def _observed_steps(spec: AugmentSpec, samples: int) -> collections.Counter:
     """How often each sequence of (op, signed magnitude bin) was applied, read back from marker ops."""
-    num_bins = db.AUTOAUGMENT_BINS if spec.policy == "autoaugment" else spec.num_magnitude_bins
+    num_bins = dali_suite.AUTOAUGMENT_BINS if spec.policy == "autoaugment" else spec.num_magnitude_bins
     suite = {name: augmentation(_marker_op(_CODES[name]), name=name, randomly_negate=signed,
                                 mag_range=np.arange(num_bins, dtype=np.float32) if _HAS_MAGNITUDE[name] else None)
              for name, (_, signed) in _SPACE.items()}
 
     @pipeline_def(enable_conditionals=True)
     def markers():
-        return db.apply_policy(fn.constant(fdata=[0.0, 0.0], shape=[2], dtype=types.FLOAT), spec, suite)
+        return dali_suite.apply_policy(fn.constant(fdata=[0.0, 0.0], shape=[2], dtype=types.FLOAT), spec, suite)
 
     pipe = markers(batch_size=samples, num_threads=1, device_id=None, seed=11)
     pipe.build()
@@ -291,9 +291,9 @@ def _expected_steps(spec: AugmentSpec) -> dict:
     """torchvision's distribution of applied (op, signed bin) sequences for `spec`."""
     def one_step(bin_probabilities):
         out = collections.defaultdict(float)
-        for name in db.RANDAUGMENT_OPS:
+        for name in dali_suite.RANDAUGMENT_OPS:
             for b, q in bin_probabilities.items():
-                for key, p in _with_signs(name, b, q / len(db.RANDAUGMENT_OPS)).items():
+                for key, p in _with_signs(name, b, q / len(dali_suite.RANDAUGMENT_OPS)).items():
                     out[key] += p
         return out
 

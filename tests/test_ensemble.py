@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rkd.checkpoint import model_record, save_checkpoint
-from rkd.ensemble import TeacherEnsemble, load_ensemble
-from rkd.fold_bn import conv_bn_pairs, fold_batchnorm
+from rkd.train.checkpoint import model_record, save_checkpoint
+from rkd.kd.ensemble import TeacherEnsemble, load_ensemble
+from rkd.kd.fold_bn import conv_bn_pairs, fold_batchnorm
 from rkd.models import create
 
 TOLERANCE = 1e-5  # relative error, fp32 on CPU

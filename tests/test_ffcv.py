@@ -408,7 +408,7 @@ def test_beton_of_the_test_split_is_refused_for_training(fmnist_dir, tmp_path):
 
 
 def test_beton_whose_source_now_holds_another_dataset(fmnist_dir, cifar10_dir, tmp_path):
-    from rkd.data import DataOptions, evaluation_data
+    from rkd.train.data import DataOptions, evaluation_data
     source = shutil.copytree(fmnist_dir, tmp_path / "data")
     beton = tmp_path / "train.beton"
     convert_to_beton(source, beton, split="train", progress=False)

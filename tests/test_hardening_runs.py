@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from pipelines.errors import ConfigError
-from rkd import run_lock
+from rkd.train import run_lock
 from rkd.cli import main
-from rkd.runs import RunDir
+from rkd.train.runs import RunDir
 from test_cli import TINY, run_cli
 
 

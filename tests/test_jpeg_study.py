@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pipelines.sources import open_source
-from rkd.checkpoint import load_checkpoint
+from rkd.train.checkpoint import load_checkpoint
 from rkd.cli import main
 from test_cli import run_cli as run_cli_strings
 

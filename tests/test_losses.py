@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rkd.losses import ensemble_kd_loss
+from rkd.kd.losses import ensemble_kd_loss
 
 
 def hand_kd(student, teachers, labels, alpha, T, mode):

@@ -1,11 +1,11 @@
-"""rkd.metrics against hand computations and scikit-learn."""
+"""rkd.measure.metrics against hand computations and scikit-learn."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from rkd import metrics
+from rkd.measure import metrics
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -167,7 +167,7 @@ def test_paper_kl_and_batch_mean():
 
 
 def test_paper_fidelity_uses_the_mean_of_logits_ensemble():
-    from rkd.fidelity import fidelity_summary, paper_ensemble_logits
+    from rkd.measure.fidelity import fidelity_summary, paper_ensemble_logits
     teachers = torch.stack([_logits(10, 200), _logits(11, 200)])
     student, labels = _logits(12, 200), torch.randint(0, 5, (200,), generator=torch.Generator().manual_seed(13))
     ensemble = (teachers[0] + teachers[1]) / 2

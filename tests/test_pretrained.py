@@ -7,12 +7,12 @@ import timm
 import torch
 import torchvision
 
-from rkd.checkpoint import model_record, save_checkpoint
-from rkd.ensemble import load_ensemble
+from rkd.train.checkpoint import model_record, save_checkpoint
+from rkd.kd.ensemble import load_ensemble
 from rkd.errors import RkdError
 from rkd.models import create
-from rkd.pretrained import TimmSpec, parse_timm_spec, timm_init, timm_teacher
-from rkd.teachers import load_teacher
+from rkd.kd.pretrained import TimmSpec, parse_timm_spec, timm_init, timm_teacher
+from rkd.kd.teachers import load_teacher
 
 ARCH = "test_resnet"  # timm's smallest ResNet (0.37 M parameters)
 
@@ -109,10 +109,10 @@ def test_an_unreachable_hub_fails_fast_without_the_offline_variable(monkeypatch,
     """The probe's refusal switches timm to its (empty) cache: an error in seconds, not a hang."""
     import huggingface_hub.constants
 
-    import rkd.pretrained
+    import rkd.kd.pretrained
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(rkd.pretrained, "HUB_ADDRESS", ("127.0.0.1", 9))  # discard port: connection refused
+    monkeypatch.setattr(rkd.kd.pretrained, "HUB_ADDRESS", ("127.0.0.1", 9))  # discard port: connection refused
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     start = time.perf_counter()
     with pytest.raises(RkdError, match="offline"):

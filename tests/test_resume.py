@@ -9,7 +9,7 @@ import time
 import pytest
 
 from formats import write_fashion_mnist
-from rkd.checkpoint import load_checkpoint
+from rkd.train.checkpoint import load_checkpoint
 from rkd.cli import main
 
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from rkd.cli import main
-from rkd.sweep import SweepResult
-from rkd.sweep_status import mark
-from rkd.sweep_report import METRICS, aggregate, change_interval, definitions_side_by_side, spearman_test, verdict
+from rkd.study.sweep import SweepResult
+from rkd.study.status import mark
+from rkd.study.report import METRICS, aggregate, change_interval, definitions_side_by_side, spearman_test, verdict
 
 
 def synthetic_points(values_by_magnitude):

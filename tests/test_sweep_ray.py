@@ -7,9 +7,9 @@ from collections import defaultdict
 import pytest
 import torch
 
-import rkd.sweep
+import rkd.study.sweep
 from rkd.cli import main
-from rkd.sweep_executors import Job, RayExecutor, SequentialExecutor
+from rkd.study.executors import Job, RayExecutor, SequentialExecutor
 
 try:
     import ray
@@ -105,10 +105,10 @@ def test_a_failing_point_is_reported_and_the_report_covers_the_rest(fmnist_dir, 
             raise RuntimeError("loss is nan")
         return metrics_stub()
 
-    monkeypatch.setattr(rkd.sweep, "teacher_sets", lambda job, sweep, folder: {"default": []})
-    monkeypatch.setattr(rkd.sweep, "distill_student", distill_student)
-    monkeypatch.setattr(rkd.sweep, "train_control", metrics_stub)
-    monkeypatch.setattr(rkd.sweep, "measure", metrics_stub)
+    monkeypatch.setattr(rkd.study.sweep, "teacher_sets", lambda job, sweep, folder: {"default": []})
+    monkeypatch.setattr(rkd.study.sweep, "distill_student", distill_student)
+    monkeypatch.setattr(rkd.study.sweep, "train_control", metrics_stub)
+    monkeypatch.setattr(rkd.study.sweep, "measure", metrics_stub)
     with pytest.raises(SystemExit) as exit_:
         main(tiny_sweep_argv(fmnist_dir, tmp_path, "s"))
     captured = capsys.readouterr()

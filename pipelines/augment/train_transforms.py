@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as nnf
 
 from . import functional as F
+from ..spec import RRC_RATIO, RRC_SCALE
 
 __all__ = ["random_resized_crop_boxes", "resized_crop", "resized_crops", "horizontal_flip", "random_horizontal_flip",
            "erase", "cutout_boxes", "cutout", "random_erasing_boxes", "random_erasing"]
@@ -37,7 +38,7 @@ def _first_valid(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
-                              scale: Box = (0.08, 1.0), ratio: Box = (3.0 / 4.0, 4.0 / 3.0),
+                              scale: Box = RRC_SCALE, ratio: Box = RRC_RATIO,
                               attempts: int = 10) -> torch.Tensor:
     """Crop boxes of RandomResizedCrop: area fraction ~ U(scale), log aspect ratio ~ U(log ratio), up to
     `attempts` tries per image, else the central crop with the aspect ratio clamped to `ratio`."""

@@ -44,12 +44,10 @@ from ..device_stage import DeviceStage
 from ..errors import ConfigError
 from ..sampling import derive_seed, shard_indices
 from ..sources import Source, open_source, resolve_path
-from ..spec import AugmentSpec
-from ..torch_backend import EVAL_CROP_FRACTION, array_batch_transform
+from ..spec import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE, AugmentSpec
+from ..torch_backend import array_batch_transform
 
 ORDERS = ("random", "quasi_random")
-RRC_SCALE = (0.08, 1.0)
-RRC_RATIO = (3 / 4, 4 / 3)
 
 _READONLY_BYTES = nb.types.Array(nb.uint8, 1, "C", readonly=True)
 

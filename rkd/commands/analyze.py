@@ -5,16 +5,16 @@ from pathlib import Path
 
 import click
 
-from ..analyze import AnalyzeOptions, analyze
-from ..attention import CAM_MODES
-from ..data import dataset_facts
+from ..study.analyze import AnalyzeOptions, analyze
+from ..measure.attention import CAM_MODES
+from ..train.data import dataset_facts
 from ..defaults import DEFAULT_NUM_TEACHERS, defaults_for
-from ..distill import distill_run_name
-from ..distributed import resolve_device
+from ..kd.distill import distill_run_name
+from ..train.distributed import resolve_device
 from ..errors import RkdError
-from ..job import JobOptions
-from ..optim import OptimConfig
-from ..teachers import default_teacher_runs
+from ..train.job import JobOptions
+from ..train.optim import OptimConfig
+from ..kd.teachers import default_teacher_runs
 from .options import build_data_options, data_options, dataset_kind
 from .validate import Device, WritableFolder
 

@@ -9,11 +9,11 @@ import click
 import pipelines
 from pipelines.spec import AUTOAUGMENT_POLICIES, POLICIES
 
-from ..data import DataOptions, dataset_facts
+from ..train.data import DataOptions, dataset_facts
 from ..defaults import STEP_MILESTONES, defaults_for
-from ..job import JobOptions
+from ..train.job import JobOptions
 from ..models import is_known
-from ..optim import SCHEDULES, OptimConfig
+from ..train.optim import SCHEDULES, OptimConfig
 from ..errors import ConfigError, RkdError
 from .validate import Device, Real, WritableFolder, check_cache_dir, check_launch_env, in_flag_words
 

@@ -7,13 +7,13 @@ import click
 import torch
 from click.core import ParameterSource
 
-from .. import run_lock
+from ..train import run_lock
 from ..defaults import DEFAULT_NUM_TEACHERS
-from ..distributed import resolve_device
-from ..sweep import KD_LOSSES, SweepOptions, grid, plan_entries, run_sweep, sweep_folder
-from ..sweep_executors import EXECUTORS, make_executor
-from ..sweep_status import describe, read_plan
-from ..sweep_report import write_outputs
+from ..train.distributed import resolve_device
+from ..study.sweep import KD_LOSSES, SweepOptions, grid, plan_entries, run_sweep, sweep_folder
+from ..study.executors import EXECUTORS, make_executor
+from ..study.status import describe, read_plan
+from ..study.report import write_outputs
 from .multi_value import ManyValues
 from .options import build_job_options, check_arch, data_options, model_options
 

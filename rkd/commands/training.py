@@ -4,11 +4,11 @@ from __future__ import annotations
 import click
 
 from ..defaults import DEFAULT_NUM_TEACHERS, defaults_for
-from ..distill import KDOptions, distill
-from ..ensemble import TEACHER_BN_MODES
-from ..losses import KD_MODES
-from ..pretrained import parse_timm_spec
-from ..teachers import check_teacher_spec, default_teachers, train_teacher
+from ..kd.distill import KDOptions, distill
+from ..kd.ensemble import TEACHER_BN_MODES
+from ..kd.losses import KD_MODES
+from ..kd.pretrained import parse_timm_spec
+from ..kd.teachers import check_teacher_spec, default_teachers, train_teacher
 from .options import build_job_options, check_arch, data_options, dataset_kind, run_options
 from .validate import Real
 

@@ -135,7 +135,7 @@ def check_cache_dir() -> None:
                        "(default ~/.cache/rkd)")
 
 
-LAUNCH_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")  # set by torchrun, read as integers by rkd.distributed
+LAUNCH_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")  # set by torchrun, read as integers by rkd.train.distributed
 
 
 def check_launch_env() -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .errors import RkdError
+from ..errors import RkdError
 
 MAX_ATTEMPTS = 2
 RAY_INSTALL_HINT = "pip install 'rkd[ray]'"

@@ -6,12 +6,12 @@ from typing import Callable, Optional
 
 import torch
 
-from .attention import AttentionMeter
-from .cam import linear_head_weight
+from ..measure.attention import AttentionMeter
+from ..measure.cam import linear_head_weight
 from .ensemble import TeacherEnsemble
-from .fidelity import fidelity_summary
+from ..measure.fidelity import fidelity_summary
 from .losses import ensemble_kd_loss
-from .models import unwrap
+from ..models import unwrap
 
 Record = Callable[[dict], None]
 

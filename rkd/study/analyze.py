@@ -18,14 +18,14 @@ import pipelines
 from kernels.reference import normalize_min_max, upsample_bilinear
 from pipelines.sources import open_source, take
 
-from . import metrics
-from .attention import AttentionMeter, cams
-from .cam import linear_head_weight
-from .checkpoint import load_model
-from .data import DataOptions, DatasetFacts
-from .ensemble import TeacherEnsemble, load_ensemble
-from .fidelity import fidelity_summary
-from .plots import plot_attention_grid
+from ..measure import metrics
+from ..measure.attention import AttentionMeter, cams
+from ..measure.cam import linear_head_weight
+from ..train.checkpoint import load_model
+from ..train.data import DataOptions, DatasetFacts
+from ..kd.ensemble import TeacherEnsemble, load_ensemble
+from ..measure.fidelity import fidelity_summary
+from ..train.plots import plot_attention_grid
 
 GRID_IMAGES = 8
 

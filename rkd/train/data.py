@@ -11,7 +11,7 @@ from pipelines.errors import ConfigError, EmptyEpochError
 from pipelines.sources import detect_format, open_source, resolve_path, take
 
 from .distributed import DistInfo
-from .errors import RkdError
+from ..errors import RkdError
 
 
 @dataclass(frozen=True)

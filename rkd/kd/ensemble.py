@@ -10,7 +10,7 @@ Two ways to run it, chosen once at construction (`TeacherEnsemble.mode`):
 - "loop": one teacher after the other (BatchNorm folded in eval mode), each on its own CUDA stream on a GPU. Used for
   teachers of different architectures, for bn_mode "train" (batch statistics; running statistics move as in the
   paper's code), when a model cannot be widened, and when asked for (`fused=False`).
-bf16 autocast comes from the caller (the KD step runs under `rkd.evaluate.autocast_for`).
+bf16 autocast comes from the caller (the KD step runs under `rkd.train.evaluate.autocast_for`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from .errors import RkdError
+from ..errors import RkdError
 from .fold_bn import fold_batchnorm
 from .teachers import load_teacher
 

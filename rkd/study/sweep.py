@@ -18,14 +18,14 @@ import torch
 import pipelines
 
 from .analyze import AnalyzeOptions, analyze
-from .data import DataOptions, dataset_facts
-from .distill import KDOptions, distill
-from .distributed import log, resolve_device
-from .job import JobOptions
-from .runs import RunDir
-from .sweep_executors import Executor, Job, SequentialExecutor
-from .sweep_status import Progress, forget_unfinished, mark, tracked, write_plan
-from .teachers import default_teachers, train_teacher
+from ..train.data import DataOptions, dataset_facts
+from ..kd.distill import KDOptions, distill
+from ..train.distributed import log, resolve_device
+from ..train.job import JobOptions
+from ..train.runs import RunDir
+from .executors import Executor, Job, SequentialExecutor
+from .status import Progress, forget_unfinished, mark, tracked, write_plan
+from ..kd.teachers import default_teachers, train_teacher
 
 KD_LOSSES = {
     "kd": dict(alpha=0.6, mode="per-teacher"),          # the paper's loss

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .runs import _write_atomic
+from ..train.runs import _write_atomic
 
 KEY_METRICS = ("student_test_acc", "control_test_acc", "agreement_st", "iou_tt@0.4", "iou_st@0.4", "gap")
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .data import DataOptions, DatasetFacts, dataset_facts
 from .distributed import DistInfo, init_distributed
-from .models import create
+from ..models import create
 from .optim import OptimConfig
 from .runs import RunDir
 

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import bootstrap, permutation_test, rankdata
 
 from .analyze import definition_pairs
-from .plots import plot_against_magnitude
+from ..train.plots import plot_against_magnitude
 
 METRICS = ("iou_tt@0.4", "iou_tt_pooled@0.4", "iou_st@0.4", "iou_st_pooled@0.4", "soft_iou_tt", "soft_iou_st",
            "iou_all_teachers_pooled@0.4", "iou_tt_paper@0.4", "iou_st_paper@0.4", "iou_all_teachers_paper@0.4",

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_record, save_checkpoint
 from .evaluate import autocast_for
-from .models import unwrap
+from ..models import unwrap
 from .optim import OptimConfig, make_optimizer, make_scheduler
 from .runs import RunDir
 from .timing import DeviceClock

@@ -10,8 +10,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .errors import RkdError
-from .models import create, unwrap
+from ..errors import RkdError
+from ..models import create, unwrap
 
 FORMAT = "rkd-checkpoint-v1"
 

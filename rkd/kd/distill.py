@@ -7,19 +7,19 @@ from typing import Optional, Sequence
 
 import torch
 
-from .attention import AttentionMeter, cams
-from .cam import linear_head_weight
-from .data import dataset_facts, eval_loaders, train_loader
-from .distributed import barrier
+from ..measure.attention import AttentionMeter, cams
+from ..measure.cam import linear_head_weight
+from ..train.data import dataset_facts, eval_loaders, train_loader
+from ..train.distributed import barrier
 from .ensemble import load_ensemble
-from .evaluate import autocast_for, predict_logits
-from .fidelity import ensemble_logits, fidelity_summary
-from .job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
-from .kd_step import KDStep
-from .metrics import accuracy, top1_agreement
-from .models import WithFeatures, unwrap
-from .report import write_summary
-from .trainer import ModelInfo, Trainer
+from ..train.evaluate import autocast_for, predict_logits
+from ..measure.fidelity import ensemble_logits, fidelity_summary
+from ..train.job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
+from .step import KDStep
+from ..measure.metrics import accuracy, top1_agreement
+from ..models import WithFeatures, unwrap
+from ..train.report import write_summary
+from ..train.trainer import ModelInfo, Trainer
 
 
 @dataclass(frozen=True)

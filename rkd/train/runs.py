@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import run_lock
-from .errors import RkdError
+from ..errors import RkdError
 
 
 def _write_atomic(path: Path, text: str) -> None:

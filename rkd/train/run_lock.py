@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import RkdError
+from ..errors import RkdError
 
 LOCK_NAME = ".lock"
 _held: dict = {}  # resolved lock path -> open file holding the flock (one per folder and process)

@@ -50,7 +50,7 @@ def linear_head_weight(model: nn.Module) -> torch.Tensor:
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, nn.Linear):
         raise ValueError(f"{type(model).__name__} has no linear classifier head (get_classifier() returned "
-                         f"{type(head).__name__}); use rkd.cam.grad_cam for its attention maps")
+                         f"{type(head).__name__}); use rkd.measure.cam.grad_cam for its attention maps")
     return head.weight
 
 

@@ -11,17 +11,17 @@ import torch.nn.functional as F
 
 import pipelines
 
-from .checkpoint import load_checkpoint, load_model
-from .data import DataOptions, dataset_facts, eval_loaders, train_loader
-from .distributed import barrier, log
-from .errors import RkdError
-from .evaluate import predict_logits
-from .metrics import accuracy
-from .job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
-from .models import unwrap
-from .optim import OptimConfig
+from ..train.checkpoint import load_checkpoint, load_model
+from ..train.data import DataOptions, dataset_facts, eval_loaders, train_loader
+from ..train.distributed import barrier, log
+from ..errors import RkdError
+from ..train.evaluate import predict_logits
+from ..measure.metrics import accuracy
+from ..train.job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
+from ..models import unwrap
+from ..train.optim import OptimConfig
 from .pretrained import is_timm_spec, parse_timm_spec, timm_init, timm_teacher
-from .trainer import ModelInfo, Trainer
+from ..train.trainer import ModelInfo, Trainer
 
 
 def teacher_run_name(options: JobOptions, kind: str) -> str:
@@ -61,7 +61,7 @@ def checkpoint_path(spec, flag: str = "--teachers") -> Path:
 
 def load_teacher(spec, device, *, num_classes: int, in_chans: int, image_size: int) -> tuple:
     """(model, architecture) of one --teachers entry: an rkd checkpoint or run directory, `timm:NAME`, or
-    `timm:NAME@FILE` (see rkd.pretrained); class and channel counts checked against the data."""
+    `timm:NAME@FILE` (see rkd.kd.pretrained); class and channel counts checked against the data."""
     if is_timm_spec(spec):
         parsed = parse_timm_spec(spec)
         model = timm_teacher(parsed, num_classes=num_classes, in_chans=in_chans, image_size=image_size)

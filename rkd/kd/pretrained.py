@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .errors import RkdError
+from ..errors import RkdError
 
 TIMM_PREFIX = "timm:"
 HUB_ADDRESS = ("huggingface.co", 443)

@@ -1,0 +1,1 @@
+"""Training runs: data and loaders, the epoch loop, optimizer, checkpoints, run folders, torchrun."""
