@@ -18,7 +18,7 @@ import torch
 from torchvision.transforms import v2
 
 from bench.harness import Suite
-from pipelines.augment import AutoAugment, RandAugment, TrivialAugmentWide, functional, ops
+from pipelines.augment import AutoAugment, RandAugment, TrivialAugmentWide, functional, ops, space
 from rkd.train.timing import DeviceClock
 
 POLICIES = {
@@ -79,7 +79,7 @@ def main(argv: list) -> None:
         suite.compare(f"ours/{name}", f"torchvision_per_image/{name}")
 
     magnitudes = torch.full((batch,), 0.3, dtype=torch.float64, device=device)
-    for op in ops.OPS[1:]:
+    for op in space.OPS[1:]:
         value = {"Posterize": torch.full_like(magnitudes, 5.0), "Solarize": torch.full_like(magnitudes, 0.5)}
         op_magnitudes = value.get(op, magnitudes)
         suite.measure(f"ours_single_op/{op}", lambda: ops.apply_op(op, images, op_magnitudes), batch,

@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import InterpolationMode, TrivialAugmentWide
 from torchvision.transforms.v2 import functional as TF
 
 from pipelines.augment import functional as F
-from pipelines.augment import ops, train_transforms as T
+from pipelines.augment import ops, space, train_transforms as T
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # (device, kernel path): the CPU runs both the Numba kernels and the torch kernels that CUDA uses
@@ -123,8 +123,8 @@ def test_every_policy_op_equals_torchvision(device, shape):
     signs it, includes ±90° rotations and ±32-pixel translations."""
     images = random_images(shape, n=10, seed=7, device=device)
     generator = torch.Generator().manual_seed(8)
-    for op in ops.OPS:
-        magnitude_range = (ops.TRIVIALAUGMENT_SPACE | ops.AUTOAUGMENT_SPACE)[op]
+    for op in space.OPS:
+        magnitude_range = (space.TRIVIALAUGMENT_SPACE | space.AUTOAUGMENT_SPACE)[op]
         table = magnitude_range.values(31, *shape[1:])
         bins = torch.randint(31, (10,), generator=generator)
         bins[:2] = torch.tensor([20, 30])
@@ -142,7 +142,7 @@ def test_shears_at_every_bin_equal_torchvision_ties_included(device, shape):
     the ties that grid_sample rounds half to even."""
     images = random_images(shape, n=61, seed=12, device=device)
     for op in ("ShearX", "ShearY"):
-        table = ops.TRIVIALAUGMENT_SPACE[op].values(31, *shape[1:])
+        table = space.TRIVIALAUGMENT_SPACE[op].values(31, *shape[1:])
         magnitudes = torch.cat([table, -table[1:]])
         ours = ops.apply_op(op, images, magnitudes.to(device))
         assert torch.equal(ours.cpu(), each(images, lambda i, x: torchvision_op(op, x, float(magnitudes[i])))), op
@@ -158,11 +158,11 @@ def test_slot_applies_each_image_its_own_op(device):
     """apply_slot (grouping by op, in-place writes by index) equals applying each image's op on its own."""
     images = random_images((3, 20, 24), n=40, seed=9, device=device)
     generator = torch.Generator().manual_seed(10)
-    op_ids = torch.randint(len(ops.OPS), (40,), generator=generator)
+    op_ids = torch.randint(len(space.OPS), (40,), generator=generator)
     magnitudes = torch.rand(40, generator=generator, dtype=torch.float64) * 0.8
     magnitudes = torch.where(op_ids == ops.OP_INDEX["Posterize"], 5.0, magnitudes)
     ours = ops.apply_slot(images, op_ids.to(device), magnitudes.to(device))
-    expected = each(images, lambda i, x: torchvision_op(ops.OPS[op_ids[i]], x, float(magnitudes[i])))
+    expected = each(images, lambda i, x: torchvision_op(space.OPS[op_ids[i]], x, float(magnitudes[i])))
     assert torch.equal(ours.cpu(), expected)
 
 

@@ -13,7 +13,8 @@ from pipelines import AugmentSpec, ConfigError
 from pipelines.augment import (AutoAugment, RandAugment, TrivialAugmentWide, build_policy, cutout_boxes, erase, ops,
                                random_erasing, random_erasing_boxes, random_horizontal_flip,
                                random_resized_crop_boxes)
-from pipelines.augment.policies import autoaugment_subpolicies
+from pipelines.augment import space
+from pipelines.augment.space import autoaugment_subpolicies
 from pipelines.device_stage import DeviceStage
 
 DEVICES = [pytest.param("cpu", id="cpu"),
@@ -21,7 +22,7 @@ DEVICES = [pytest.param("cpu", id="cpu"),
                                                                     reason="needs CUDA"))]
 N = 20_000
 SIZE = (32, 32)
-RANDAUGMENT_OPS = ops.OPS[:-1]  # torchvision's RandAugment / TrivialAugmentWide: all but Invert
+RANDAUGMENT_OPS = space.OPS[:-1]  # torchvision's RandAugment / TrivialAugmentWide: all but Invert
 
 
 def chi_square_critical(df: int, z: float = 3.0902) -> float:
@@ -58,9 +59,9 @@ def torchvision_space(cls, height=SIZE[0], width=SIZE[1], bins=31):
     return {op: (fn(bins, height, width), signed) for op, (fn, signed) in cls._AUGMENTATION_SPACE.items()}
 
 
-@pytest.mark.parametrize("ours, theirs", [(ops.RANDAUGMENT_SPACE, v2.RandAugment),
-                                          (ops.TRIVIALAUGMENT_SPACE, v2.TrivialAugmentWide),
-                                          (ops.AUTOAUGMENT_SPACE, v2.AutoAugment)])
+@pytest.mark.parametrize("ours, theirs", [(space.RANDAUGMENT_SPACE, v2.RandAugment),
+                                          (space.TRIVIALAUGMENT_SPACE, v2.TrivialAugmentWide),
+                                          (space.AUTOAUGMENT_SPACE, v2.AutoAugment)])
 def test_magnitude_tables_equal_torchvision(ours, theirs):
     for height, width, bins in [(32, 32, 31), (28, 28, 10), (224, 160, 31), (17, 40, 5)]:
         reference = torchvision_space(theirs, height, width, bins)
@@ -78,7 +79,7 @@ def test_autoaugment_tables_equal_torchvision(policy):
 
 def slot_outcomes(slot):
     """Counter of (op name, |magnitude| rounded) over the images of one slot."""
-    names = [ops.OPS[i] for i in slot.ops.tolist()]
+    names = [space.OPS[i] for i in slot.ops.tolist()]
     return Counter(zip(names, [round(abs(m), 6) for m in slot.magnitudes.tolist()]))
 
 
@@ -113,13 +114,13 @@ def recovered_bins(slot, space, bins=31):
 
 def test_randaugment_magnitude_std_is_clipped_normal():
     slots = RandAugment(num_ops=2, magnitude=15, magnitude_std=2.0).sample(N, *SIZE, generator(1))
-    bins = torch.cat([recovered_bins(slot, ops.RANDAUGMENT_SPACE) for slot in slots])
+    bins = torch.cat([recovered_bins(slot, space.RANDAUGMENT_SPACE) for slot in slots])
     assert abs(bins.mean().item() - 15) < 0.1 and abs(bins.std().item() - 2) < 0.1
     assert (bins != bins.round()).float().mean() > 0.99  # continuous, not rounded to bins
-    low = torch.cat([recovered_bins(s, ops.RANDAUGMENT_SPACE)
+    low = torch.cat([recovered_bins(s, space.RANDAUGMENT_SPACE)
                      for s in RandAugment(1, 0, magnitude_std=3.0).sample(N, *SIZE, generator(2))])
     assert low.min() >= 0 and abs((low < 1e-9).float().mean().item() - 0.5) < 0.03  # half clipped to bin 0
-    high = torch.cat([recovered_bins(s, ops.RANDAUGMENT_SPACE)
+    high = torch.cat([recovered_bins(s, space.RANDAUGMENT_SPACE)
                       for s in RandAugment(1, 30, magnitude_std=3.0).sample(N, *SIZE, generator(3))])
     assert high.max() <= 30 + 1e-5  # float32 table values
     posterize = torch.cat([s.magnitudes[s.ops == ops.OP_INDEX["Posterize"]] for s in slots])
@@ -128,10 +129,10 @@ def test_randaugment_magnitude_std_is_clipped_normal():
 
 def test_trivialaugment_statistics():
     (slot,) = TrivialAugmentWide().sample(N, *SIZE, generator(4))
-    assert_fits(Counter(ops.OPS[i] for i in slot.ops.tolist()), {op: N / 14 for op in RANDAUGMENT_OPS})
-    bins = recovered_bins(slot, ops.TRIVIALAUGMENT_SPACE).round().long()
+    assert_fits(Counter(space.OPS[i] for i in slot.ops.tolist()), {op: N / 14 for op in RANDAUGMENT_OPS})
+    bins = recovered_bins(slot, space.TRIVIALAUGMENT_SPACE).round().long()
     assert_fits(Counter(bins.tolist()), {b: len(bins) / 31 for b in range(31)})
-    signed = torch.tensor([ops.TRIVIALAUGMENT_SPACE[ops.OPS[i]].signed for i in slot.ops.tolist()])
+    signed = torch.tensor([space.TRIVIALAUGMENT_SPACE[space.OPS[i]].signed for i in slot.ops.tolist()])
     nonzero = signed & (slot.magnitudes != 0)
     negative = int((slot.magnitudes[nonzero] < 0).sum())
     half = int(nonzero.sum()) / 2
@@ -171,7 +172,7 @@ def test_policy_applies_its_plan_as_torchvision(policy, channels, device):
     expected = []
     for i, image in enumerate(images.cpu()):
         for slot in plan:
-            image = torchvision_op(ops.OPS[slot.ops[i]], image, float(slot.magnitudes[i]))
+            image = torchvision_op(space.OPS[slot.ops[i]], image, float(slot.magnitudes[i]))
         expected.append(image)
     ours = policy(images, generator(7, device)).cpu()
     same = ours == torch.stack(expected)
