@@ -18,7 +18,7 @@ import torch
 from torchvision.transforms import v2
 
 from bench.harness import Suite
-from pipelines.augment import AutoAugment, RandAugment, TrivialAugmentWide, functional, ops, space
+from pipelines.augment import AutoAugment, RandAugment, TrivialAugmentWide, ops, registry, space
 from rkd.train.timing import DeviceClock
 
 POLICIES = {
@@ -69,11 +69,8 @@ def main(argv: list) -> None:
     for name, (ours, theirs) in POLICIES.items():
         suite.measure(f"ours/{name}", _ours(ours(), images), batch, repeats=repeats)
         if device.type == "cpu":
-            functional.NUMBA_ON_CPU = False
-            try:
+            with registry.use_reference_kernels():
                 suite.measure(f"ours_torch_kernels/{name}", _ours(ours(), images), batch, repeats=repeats)
-            finally:
-                functional.NUMBA_ON_CPU = True
         suite.measure(f"torchvision_per_image/{name}", _torchvision_loop(theirs(), images), batch,
                       repeats=max(2, repeats // 2))
         suite.compare(f"ours/{name}", f"torchvision_per_image/{name}")

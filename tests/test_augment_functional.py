@@ -4,6 +4,7 @@ Colour and geometric ops must be bit-exact on every path: the torch path (used o
 and runs grid_sample; the CPU Numba path recomputes that grid per pixel in the same float32 operation order and
 rounds it as grid_sample does, so even nearest-neighbour ties at half-integer source coordinates agree.
 """
+import contextlib
 import math
 
 import pytest
@@ -12,20 +13,20 @@ from torchvision.transforms.v2 import InterpolationMode, TrivialAugmentWide
 from torchvision.transforms.v2 import functional as TF
 
 from pipelines.augment import functional as F
-from pipelines.augment import ops, space, train_transforms as T
+from pipelines.augment import _cpu, ops, registry, space, train_transforms as T
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-# (device, kernel path): the CPU runs both the Numba kernels and the torch kernels that CUDA uses
+# (device, fast paths on): the CPU runs both the Numba kernels and the torch reference kernels that CUDA uses
 PATHS = [pytest.param(("cpu", True), id="cpu-numba"), pytest.param(("cpu", False), id="cpu-torch"),
-         pytest.param(("cuda", False), id="cuda", marks=CUDA)]
+         pytest.param(("cuda", True), id="cuda", marks=CUDA)]
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 29, 31)]
 
 
 @pytest.fixture(params=PATHS)
-def device(request, monkeypatch):
-    name, numba_on_cpu = request.param
-    monkeypatch.setattr(F, "NUMBA_ON_CPU", numba_on_cpu)
-    return torch.device(name)
+def device(request):
+    name, fast_paths = request.param
+    with contextlib.nullcontext() if fast_paths else registry.use_reference_kernels():
+        yield torch.device(name)
 
 
 def random_images(shape, n=8, seed=0, device="cpu"):
@@ -150,8 +151,28 @@ def test_shears_at_every_bin_equal_torchvision_ties_included(device, shape):
 
 def test_numba_warp_reproduces_this_machines_grid():
     """The Numba warp runs only where it rebuilds torch's grid bit for bit (else the torch kernels run)."""
-    from pipelines.augment import _cpu
     assert _cpu.grid_rule() is not None, "the Numba warp cannot reproduce torch's float32 grid here: it is off"
+
+
+def test_the_registry_picks_the_kernel_per_device():
+    """On the CPU the Numba kernels run (where they apply), elsewhere and under use_reference_kernels the torch
+    reference; the fast path's own conditions send a bilinear warp to the reference."""
+    images = random_images((3, 8, 8), n=2)
+    matrices = torch.eye(2, 3, dtype=torch.float64).expand(2, 2, 3)
+    assert registry.get_kernel("apply_lut", "cpu") is _cpu.apply_lut
+    assert registry.get_kernel("warp_affine", "cpu", images, matrices, "nearest", None, None, None) is _cpu.warp_nearest
+    assert registry.get_kernel("warp_affine", "cpu", images, matrices, "bilinear", None, None, None) is \
+        registry.get_kernel("warp_affine", "cuda")
+    assert registry.get_kernel("apply_lut", "cuda") is not _cpu.apply_lut
+    with registry.use_reference_kernels():
+        assert registry.get_kernel("apply_lut", "cpu") is registry.get_kernel("apply_lut", "cuda")
+    assert registry.get_kernel("apply_lut", "cpu") is _cpu.apply_lut  # the block restores the fast paths
+    assert registry.kernel_names() == {"apply_lut", "channel_histograms", "mean_gray", "adjust_saturation",
+                                       "adjust_sharpness", "warp_affine"}
+    with pytest.raises(ValueError, match="no kernel named 'blur'"):
+        registry.get_kernel("blur", "cuda")
+    with pytest.raises(ValueError, match="already has an implementation"):
+        registry.register_kernel("apply_lut", "cpu")(lambda *args: None)
 
 
 def test_slot_applies_each_image_its_own_op(device):

@@ -1,6 +1,6 @@
 """Policy samplers of pipelines.augment: tables equal torchvision's, sampled statistics match the policy's
 definition (chi-square / Kolmogorov-Smirnov at alpha = 0.001, fixed seeds), plans applied as torchvision would,
-determinism, build_policy's contract and its errors."""
+determinism, BatchAugment's contract and its errors."""
 import math
 from collections import Counter
 
@@ -10,9 +10,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import AutoAugmentPolicy, InterpolationMode
 
 from pipelines import AugmentSpec, ConfigError
-from pipelines.augment import (AutoAugment, RandAugment, TrivialAugmentWide, build_policy, cutout_boxes, erase, ops,
-                               random_erasing, random_erasing_boxes, random_horizontal_flip,
-                               random_resized_crop_boxes)
+from pipelines.augment import (AutoAugment, BatchAugment, RandAugment, TrivialAugmentWide, cutout_boxes, erase, ops,
+                               random_horizontal_flip)
+from pipelines.augment.train_transforms import random_resized_crop_boxes
 from pipelines.augment import space
 from pipelines.augment.space import autoaugment_subpolicies
 from pipelines.device_stage import DeviceStage
@@ -192,7 +192,7 @@ SPECS = [AugmentSpec("randaugment", magnitude=9, cutout=8), AugmentSpec("autoaug
 def test_determinism(spec, device):
     images = torch.randint(0, 256, (16, 3, 24, 24), generator=generator(8), dtype=torch.uint8).to(device)
     original = images.clone()
-    augment = build_policy(spec)
+    augment = BatchAugment(spec)
     rng_state = torch.get_rng_state()
     first = augment(images, generator(9, device))
     assert torch.equal(torch.get_rng_state(), rng_state)  # only the given generator is used
@@ -204,14 +204,14 @@ def test_determinism(spec, device):
 
 def test_cutout_only_spec():
     images = torch.randint(1, 256, (64, 1, 28, 28), generator=generator(11), dtype=torch.uint8)
-    out = build_policy(AugmentSpec("none", cutout=16))(images, generator(12))
+    out = BatchAugment(AugmentSpec("none", cutout=16))(images, generator(12))
     holes = out != images
     assert torch.equal(holes, out == 0)  # changed pixels are exactly the zeroed ones
     boxes = cutout_boxes(64, 28, 28, 16, generator(12))
     assert torch.equal(out, erase(images, boxes, 0))
     areas = holes.flatten(1).sum(1)
     assert torch.equal(areas, boxes[:, 2] * boxes[:, 3]) and areas.min() >= 64 and areas.max() <= 256
-    assert torch.equal(build_policy(AugmentSpec("none"))(images, generator(12)), images)
+    assert torch.equal(BatchAugment(AugmentSpec("none"))(images, generator(12)), images)
 
 
 def test_cutout_centres_are_uniform():
@@ -236,21 +236,7 @@ def test_random_resized_crop_boxes_match_torchvision(height, width):
         assert_same_distribution(ours_values, their_values)
 
 
-def test_random_erasing_boxes_match_torchvision():
-    boxes = random_erasing_boxes(6000, 40, 48, generator(16), p=0.5)
-    erased = boxes[:, 2] > 0
-    assert_fits({"yes": int(erased.sum()), "no": int((~erased).sum())}, {"yes": 3000, "no": 3000})
-    boxes = boxes[erased]
-    assert (boxes[:, 0] + boxes[:, 2] <= 40).all() and (boxes[:, 1] + boxes[:, 3] <= 48).all()
-    torch.manual_seed(17)
-    erasing = v2.RandomErasing(p=1.0)
-    theirs = torch.tensor([[p["i"], p["j"], p["h"], p["w"]]
-                           for p in (erasing.make_params([torch.zeros(3, 40, 48)]) for _ in range(3000))])
-    assert_same_distribution(boxes[:, 2] * boxes[:, 3], theirs[:, 2] * theirs[:, 3])
-    assert_same_distribution(boxes[:, 2] / boxes[:, 3], theirs[:, 2] / theirs[:, 3])
-
-
-def test_random_flip_and_erasing():
+def test_random_flip():
     images = torch.randint(0, 256, (N // 10, 1, 6, 6), generator=generator(19), dtype=torch.uint8)
     flipped = random_horizontal_flip(images, generator(20))
     is_flipped = (flipped == images.flip(-1)).flatten(1).all(1) & (flipped != images).flatten(1).any(1)
@@ -258,8 +244,6 @@ def test_random_flip_and_erasing():
     assert_fits({"flipped": int(is_flipped.sum()), "kept": int((~is_flipped).sum())},
                 {"flipped": N / 20, "kept": N / 20})
     assert torch.equal(random_horizontal_flip(images, generator(20), p=0.0), images)
-    erased = random_erasing(images, generator(21), p=0.5, value=0)
-    assert torch.equal(erased, erase(images, random_erasing_boxes(N // 10, 6, 6, generator(21), p=0.5), 0))
 
 
 def test_device_stage_uses_the_policy():
@@ -275,7 +259,7 @@ def test_device_stage_uses_the_policy():
 
 def test_bad_input_gives_clear_errors():
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    augment = build_policy(AugmentSpec("randaugment"))
+    augment = BatchAugment(AugmentSpec("randaugment"))
     with pytest.raises(TypeError, match="uint8"):
         augment(images.float(), generator(0))
     with pytest.raises(ValueError, match="contiguous"):
@@ -285,7 +269,7 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(TypeError, match="Generator"):
         augment(images, 0)
     with pytest.raises(TypeError, match="AugmentSpec"):
-        build_policy("randaugment")
+        BatchAugment("randaugment")
     with pytest.raises(ConfigError, match="AugmentSpec: unknown policy 'augmix'"):
         AugmentSpec("augmix")
     with pytest.raises(ConfigError, match="outside 0..30"):
@@ -297,7 +281,7 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ConfigError, match="unknown AutoAugment policy"):
         AutoAugment("reduced-imagenet")
     with pytest.raises(ConfigError, match="randaugment only"):
-        build_policy(AugmentSpec("trivialaugment", magnitude_std=0.5))
+        BatchAugment(AugmentSpec("trivialaugment", magnitude_std=0.5))
     with pytest.raises(ConfigError, match="interpolation"):
         TrivialAugmentWide(interpolation="bicubic")
 
@@ -306,4 +290,4 @@ def test_bad_input_gives_clear_errors():
 def test_generator_on_another_device_is_rejected():
     images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device="cuda")
     with pytest.raises(ValueError, match="generator is on"):
-        build_policy(AugmentSpec("trivialaugment"))(images, generator(0))
+        BatchAugment(AugmentSpec("trivialaugment"))(images, generator(0))

@@ -343,17 +343,7 @@ def test_policy_op_statistics_match_torchvision(spec):
     _assert_chi2_fits(_observed_steps(spec, samples), _expected_steps(spec), samples)
 
 
-def _rkd_available() -> bool:
-    try:
-        from pipelines.augment import build_policy  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.parametrize("augment_backend", [
-    "dali", pytest.param("rkd", marks=pytest.mark.skipif(not _rkd_available(),
-                                                         reason="pipelines.augment.build_policy is missing"))])
+@pytest.mark.parametrize("augment_backend", ["dali", "rkd"])
 def test_magnitude_zero_leaves_images_unchanged(flat_tree, augment_backend):
     def train(spec):
         return collect(dali(flat_tree, split="train", batch_size=8, image_size=16, seed=8, augment=spec,
@@ -366,7 +356,6 @@ def test_magnitude_zero_leaves_images_unchanged(flat_tree, augment_backend):
     assert not torch.equal(train(AugmentSpec("randaugment", magnitude=9))[0], plain[0])
 
 
-@pytest.mark.skipif(not _rkd_available(), reason="pipelines.augment.build_policy is missing")
 def test_rkd_backend_augments_dalis_batch_with_the_device_stage(fmnist64):
     spec = AugmentSpec("randaugment", magnitude=12)
     plain = dali(fmnist64, split="train", batch_size=16, seed=9, augment=spec, augment_backend="rkd")

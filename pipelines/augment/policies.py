@@ -1,4 +1,5 @@
-"""Per-image policy samplers: RandAugment, AutoAugment, TrivialAugmentWide on uint8 NCHW batches.
+"""Per-image policy samplers: RandAugment, AutoAugment, TrivialAugmentWide on uint8 NCHW batches, and
+`BatchAugment`, an `AugmentSpec`'s policy and Cutout.
 
 A policy first *samples* a plan for the whole batch — for each op slot, one op and one signed magnitude per image
 (`OpSlot`) — using only the generator it is given, then *applies* it slot by slot with `ops.apply_slot`. Sampling
@@ -6,15 +7,17 @@ is separate so its statistics can be tested without touching pixels.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
 from ..errors import ConfigError
+from ..spec import AugmentSpec
 from . import functional as F
 from .ops import OP_INDEX, SpaceTable, apply_slot, space_table
 from .space import (AUTOAUGMENT_BINS, AUTOAUGMENT_SPACE, RANDAUGMENT_SPACE, TRIVIALAUGMENT_SPACE,
                     autoaugment_subpolicies)
+from .train_transforms import cutout
 
 
 class OpSlot(NamedTuple):
@@ -158,3 +161,37 @@ class AutoAugment(BatchPolicy):
             ops = torch.where(applied, table.op_ids[local], OP_INDEX["Identity"])
             slots.append(OpSlot(ops, torch.where(applied, magnitudes, 0.0)))
         return slots
+
+
+_POLICIES = {
+    "randaugment": lambda spec: RandAugment(spec.num_ops, spec.magnitude, spec.num_magnitude_bins,
+                                            spec.magnitude_std),
+    "autoaugment": lambda spec: AutoAugment(spec.autoaugment_policy),
+    "trivialaugment": lambda spec: TrivialAugmentWide(spec.num_magnitude_bins),
+}
+
+
+class BatchAugment:
+    """An `AugmentSpec`'s augmentation: ``BatchAugment(spec)(images, generator)`` runs the spec's policy (if any),
+    then Cutout (if ``spec.cutout > 0``), every image with its own draws.
+
+    `images`: uint8 (N, C, H, W), C = 1 or 3, contiguous, CPU or CUDA; returns a uint8 batch of the same shape.
+    Randomness comes from `generator` alone, which must live on the images' device.
+    """
+
+    def __init__(self, spec: AugmentSpec) -> None:
+        if not isinstance(spec, AugmentSpec):
+            raise TypeError(f"BatchAugment: spec must be an AugmentSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.policy: Optional[BatchPolicy] = _POLICIES[spec.policy](spec) if spec.policy in _POLICIES else None
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        check_inputs(images, generator)
+        if self.policy is not None:
+            images = self.policy(images, generator)
+        if self.spec.cutout > 0:
+            images = cutout(images, self.spec.cutout, generator)
+        return images
+
+    def __repr__(self) -> str:
+        return f"BatchAugment({self.spec!r})"

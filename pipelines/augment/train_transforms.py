@@ -1,8 +1,8 @@
-"""The plain train transforms in batched, per-image form: random-resized-crop, horizontal flip, erasing / Cutout.
+"""The plain train transforms in batched, per-image form: random-resized-crop, horizontal flip, Cutout.
 
 Box samplers return int64 (N, 4) boxes ``(top, left, height, width)`` drawn with the given generator, by the same
-rules as torchvision's ``RandomResizedCrop.get_params`` and ``RandomErasing.get_params`` (all attempts are drawn
-at once and the first valid one is kept). Kernels take the boxes, so the random part can be tested alone.
+rules as torchvision's ``RandomResizedCrop.get_params`` (all attempts are drawn at once and the first valid one is
+kept) and the Cutout paper's. Kernels take the boxes, so the random part can be tested alone.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from . import functional as F
 from ..spec import RRC_RATIO, RRC_SCALE
 
 __all__ = ["random_resized_crop_boxes", "resized_crop", "resized_crops", "horizontal_flip", "random_horizontal_flip",
-           "erase", "cutout_boxes", "cutout", "random_erasing_boxes", "random_erasing"]
+           "erase", "cutout_boxes", "cutout"]
 
 Box = Tuple[float, float]
 CANVAS_BYTES = 512 * 2**20   # resized_crops works on groups of crops whose float canvas stays under this
@@ -179,30 +179,3 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator, value: F
     original applied it after normalization, i.e. filled with the dataset mean)."""
     n, _, height, width = images.shape
     return erase(images, cutout_boxes(n, height, width, size, generator), value)
-
-
-def random_erasing_boxes(n: int, height: int, width: int, generator: torch.Generator, p: float = 0.5,
-                         scale: Box = (0.02, 0.33), ratio: Box = (0.3, 3.3), attempts: int = 10) -> torch.Tensor:
-    """Boxes of torchvision's RandomErasing: with probability p, area fraction ~ U(scale) and log aspect
-    (height/width) ~ U(log ratio), up to `attempts` tries for a box strictly smaller than the image; an image not
-    erased gets an empty box."""
-    area = height * width
-    targets = area * _uniform((n, attempts), scale[0], scale[1], generator)
-    aspects = torch.exp(_uniform((n, attempts), math.log(ratio[0]), math.log(ratio[1]), generator))
-    heights = torch.sqrt(targets * aspects).round().long()
-    widths = torch.sqrt(targets / aspects).round().long()
-    found, first = _first_valid((heights < height) & (widths < width))
-    applied = torch.rand(n, generator=generator, device=generator.device) < p
-    keep = found & applied
-    box_h = torch.where(keep, heights.gather(1, first[:, None]).squeeze(1), 0)
-    box_w = torch.where(keep, widths.gather(1, first[:, None]).squeeze(1), 0)
-    top = torch.where(keep, _random_offsets(height - box_h, generator), 0)
-    left = torch.where(keep, _random_offsets(width - box_w, generator), 0)
-    return torch.stack([top, left, box_h, box_w], dim=1)
-
-
-def random_erasing(images: torch.Tensor, generator: torch.Generator, p: float = 0.5, scale: Box = (0.02, 0.33),
-                   ratio: Box = (0.3, 3.3), value: F.Fill = 0) -> torch.Tensor:
-    """RandomErasing per image with probability `p`, filling the box with `value`."""
-    n, _, height, width = images.shape
-    return erase(images, random_erasing_boxes(n, height, width, generator, p, scale, ratio), value)
