@@ -204,10 +204,13 @@ def test_train_transforms_equal_torchvision(device):
     images = random_images((3, 40, 36), n=6, seed=12, device=device)
     boxes = torch.tensor([[0, 0, 40, 36], [3, 5, 10, 12], [10, 2, 30, 33], [39, 35, 1, 1], [5, 0, 17, 36],
                           [0, 20, 40, 16]])
-    for size in ((24, 24), (64, 50)):
-        ours = T.resized_crop(images, boxes, size)
-        expected = each(images, lambda i, x: TF.resized_crop(x, *boxes[i].tolist(), list(size), antialias=False))
-        assert (ours.cpu().int() - expected.int()).abs().max() <= 1  # float vs torchvision's fixed-point uint8
+    for size in ((24, 24), (64, 50), (7, 5)):
+        for antialias in (False, True):
+            ours = T.resized_crop(images, boxes, size, antialias=antialias)
+            expected = each(images, lambda i, x: TF.resized_crop(x, *boxes[i].tolist(), list(size),
+                                                                 antialias=antialias))
+            assert (ours.cpu().int() - expected.int()).abs().max() <= 1  # float vs torchvision's fixed point
+            assert torch.equal(ours, T.resized_crop(list(images), boxes, size, antialias=antialias))  # ragged form
     flags = torch.tensor([True, False, True, True, False, False])
     assert torch.equal(T.horizontal_flip(images, flags).cpu(),
                        each(images, lambda i, x: TF.horizontal_flip(x) if flags[i] else x))

@@ -15,8 +15,9 @@ from . import functional, space
 from .ops import apply_op, apply_slot
 from .policies import AutoAugment, BatchAugment, BatchPolicy, OpSlot, RandAugment, TrivialAugmentWide
 from .space import OPS
-from .train_transforms import cutout, cutout_boxes, erase, horizontal_flip, random_horizontal_flip
+from .train_transforms import (cutout, cutout_boxes, erase, horizontal_flip, random_horizontal_flip,
+                               random_resized_crop_boxes, resized_crop)
 
 __all__ = ["OPS", "AugmentSpec", "AutoAugment", "BatchAugment", "BatchPolicy", "OpSlot", "RandAugment",
            "TrivialAugmentWide", "apply_op", "apply_slot", "cutout", "cutout_boxes", "erase", "functional",
-           "horizontal_flip", "random_horizontal_flip", "space"]
+           "horizontal_flip", "random_horizontal_flip", "random_resized_crop_boxes", "resized_crop", "space"]
