@@ -15,8 +15,8 @@ from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 import torch
 
 REFERENCE = "any"
-#: the module that registers the fast paths of a device type, imported on first use
-FAST_PATH_MODULES = {"cpu": "pipelines.augment._cpu"}
+#: the module (of this package) that registers the fast paths of a device type, imported on first use
+FAST_PATH_MODULES = {"cpu": "._cpu"}
 
 
 class _Kernel(NamedTuple):
@@ -63,7 +63,7 @@ def dispatch(name: str, images: torch.Tensor, *args, **kwargs):
 
 def _fast_path(name: str, device_type: str) -> Optional[_Kernel]:
     if device_type in FAST_PATH_MODULES and device_type not in _loaded:
-        importlib.import_module(FAST_PATH_MODULES[device_type])
+        importlib.import_module(FAST_PATH_MODULES[device_type], __package__)
         _loaded.add(device_type)
     return _KERNELS.get((name, device_type))
 
