@@ -20,6 +20,8 @@ from ..augment import space
 from ..augment.space import MagnitudeRange
 from ..spec import AugmentSpec
 
+
+# ---------------------------------------------------------------- the space as DALI magnitude ranges
 def magnitude_table(magnitudes: MagnitudeRange, num_bins: int, height: int, width: int) -> Optional[np.ndarray]:
     """An op's unsigned magnitudes per bin as DALI's ``mag_range`` (float32; None for an op without magnitude)."""
     if not magnitudes.has_magnitude:
