@@ -18,7 +18,7 @@ import torch
 from torchvision.transforms import v2
 
 from bench.harness import Suite
-from pipelines.augment import AutoAugment, RandAugment, TrivialAugmentWide, functional, ops
+from pipelines.augment import AutoAugment, RandAugment, TrivialAugmentWide, ops, registry, space
 from rkd.train.timing import DeviceClock
 
 POLICIES = {
@@ -69,17 +69,14 @@ def main(argv: list) -> None:
     for name, (ours, theirs) in POLICIES.items():
         suite.measure(f"ours/{name}", _ours(ours(), images), batch, repeats=repeats)
         if device.type == "cpu":
-            functional.NUMBA_ON_CPU = False
-            try:
+            with registry.use_reference_kernels():
                 suite.measure(f"ours_torch_kernels/{name}", _ours(ours(), images), batch, repeats=repeats)
-            finally:
-                functional.NUMBA_ON_CPU = True
         suite.measure(f"torchvision_per_image/{name}", _torchvision_loop(theirs(), images), batch,
                       repeats=max(2, repeats // 2))
         suite.compare(f"ours/{name}", f"torchvision_per_image/{name}")
 
     magnitudes = torch.full((batch,), 0.3, dtype=torch.float64, device=device)
-    for op in ops.OPS[1:]:
+    for op in space.OPS[1:]:
         value = {"Posterize": torch.full_like(magnitudes, 5.0), "Solarize": torch.full_like(magnitudes, 0.5)}
         op_magnitudes = value.get(op, magnitudes)
         suite.measure(f"ours_single_op/{op}", lambda: ops.apply_op(op, images, op_magnitudes), batch,

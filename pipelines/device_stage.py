@@ -26,8 +26,8 @@ class DeviceStage:
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0)
         self.policy: Optional[BatchPolicy] = None
         if augment is not None and augment.enabled:
-            from .augment import build_policy
-            self.policy = build_policy(augment)
+            from .augment import BatchAugment
+            self.policy = BatchAugment(augment)
         self.seed, self.rank = seed, rank
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, batch_index: int):

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
-from .augment.train_transforms import horizontal_flip, resized_crops
+from .augment.train_transforms import horizontal_flip, resized_crop
 from .errors import ConfigError
 from .spec import RRC_RATIO, RRC_SCALE
 
@@ -78,4 +78,4 @@ def decode_crop_flip(flat: torch.Tensor, lengths: torch.Tensor, boxes: torch.Ten
                      paths: Sequence[str], size: int, device: torch.device) -> torch.Tensor:
     """uint8 (B, 3, size, size) on `device`: decoded, cropped to `boxes`, resized (antialiased), flipped."""
     images = decode_batch(flat, lengths, paths, device)
-    return horizontal_flip(resized_crops(images, boxes, (size, size), antialias=True), flips)
+    return horizontal_flip(resized_crop(images, boxes, (size, size), antialias=True), flips)

@@ -4,6 +4,7 @@ Colour and geometric ops must be bit-exact on every path: the torch path (used o
 and runs grid_sample; the CPU Numba path recomputes that grid per pixel in the same float32 operation order and
 rounds it as grid_sample does, so even nearest-neighbour ties at half-integer source coordinates agree.
 """
+import contextlib
 import math
 
 import pytest
@@ -12,20 +13,20 @@ from torchvision.transforms.v2 import InterpolationMode, TrivialAugmentWide
 from torchvision.transforms.v2 import functional as TF
 
 from pipelines.augment import functional as F
-from pipelines.augment import ops, train_transforms as T
+from pipelines.augment import _cpu, ops, registry, space, train_transforms as T
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-# (device, kernel path): the CPU runs both the Numba kernels and the torch kernels that CUDA uses
+# (device, fast paths on): the CPU runs both the Numba kernels and the torch reference kernels that CUDA uses
 PATHS = [pytest.param(("cpu", True), id="cpu-numba"), pytest.param(("cpu", False), id="cpu-torch"),
-         pytest.param(("cuda", False), id="cuda", marks=CUDA)]
+         pytest.param(("cuda", True), id="cuda", marks=CUDA)]
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 29, 31)]
 
 
 @pytest.fixture(params=PATHS)
-def device(request, monkeypatch):
-    name, numba_on_cpu = request.param
-    monkeypatch.setattr(F, "NUMBA_ON_CPU", numba_on_cpu)
-    return torch.device(name)
+def device(request):
+    name, fast_paths = request.param
+    with contextlib.nullcontext() if fast_paths else registry.use_reference_kernels():
+        yield torch.device(name)
 
 
 def random_images(shape, n=8, seed=0, device="cpu"):
@@ -123,8 +124,8 @@ def test_every_policy_op_equals_torchvision(device, shape):
     signs it, includes ±90° rotations and ±32-pixel translations."""
     images = random_images(shape, n=10, seed=7, device=device)
     generator = torch.Generator().manual_seed(8)
-    for op in ops.OPS:
-        magnitude_range = (ops.TRIVIALAUGMENT_SPACE | ops.AUTOAUGMENT_SPACE)[op]
+    for op in space.OPS:
+        magnitude_range = (space.TRIVIALAUGMENT_SPACE | space.AUTOAUGMENT_SPACE)[op]
         table = magnitude_range.values(31, *shape[1:])
         bins = torch.randint(31, (10,), generator=generator)
         bins[:2] = torch.tensor([20, 30])
@@ -142,7 +143,7 @@ def test_shears_at_every_bin_equal_torchvision_ties_included(device, shape):
     the ties that grid_sample rounds half to even."""
     images = random_images(shape, n=61, seed=12, device=device)
     for op in ("ShearX", "ShearY"):
-        table = ops.TRIVIALAUGMENT_SPACE[op].values(31, *shape[1:])
+        table = space.TRIVIALAUGMENT_SPACE[op].values(31, *shape[1:])
         magnitudes = torch.cat([table, -table[1:]])
         ours = ops.apply_op(op, images, magnitudes.to(device))
         assert torch.equal(ours.cpu(), each(images, lambda i, x: torchvision_op(op, x, float(magnitudes[i])))), op
@@ -150,19 +151,39 @@ def test_shears_at_every_bin_equal_torchvision_ties_included(device, shape):
 
 def test_numba_warp_reproduces_this_machines_grid():
     """The Numba warp runs only where it rebuilds torch's grid bit for bit (else the torch kernels run)."""
-    from pipelines.augment import _cpu
     assert _cpu.grid_rule() is not None, "the Numba warp cannot reproduce torch's float32 grid here: it is off"
+
+
+def test_the_registry_picks_the_kernel_per_device():
+    """On the CPU the Numba kernels run (where they apply), elsewhere and under use_reference_kernels the torch
+    reference; the fast path's own conditions send a bilinear warp to the reference."""
+    images = random_images((3, 8, 8), n=2)
+    matrices = torch.eye(2, 3, dtype=torch.float64).expand(2, 2, 3)
+    assert registry.get_kernel("apply_lut", "cpu") is _cpu.apply_lut
+    assert registry.get_kernel("warp_affine", "cpu", images, matrices, "nearest", None, None, None) is _cpu.warp_nearest
+    assert registry.get_kernel("warp_affine", "cpu", images, matrices, "bilinear", None, None, None) is \
+        registry.get_kernel("warp_affine", "cuda")
+    assert registry.get_kernel("apply_lut", "cuda") is not _cpu.apply_lut
+    with registry.use_reference_kernels():
+        assert registry.get_kernel("apply_lut", "cpu") is registry.get_kernel("apply_lut", "cuda")
+    assert registry.get_kernel("apply_lut", "cpu") is _cpu.apply_lut  # the block restores the fast paths
+    assert registry.kernel_names() == {"apply_lut", "channel_histograms", "mean_gray", "adjust_saturation",
+                                       "adjust_sharpness", "warp_affine"}
+    with pytest.raises(ValueError, match="no kernel named 'blur'"):
+        registry.get_kernel("blur", "cuda")
+    with pytest.raises(ValueError, match="already has an implementation"):
+        registry.register_kernel("apply_lut", "cpu")(lambda *args: None)
 
 
 def test_slot_applies_each_image_its_own_op(device):
     """apply_slot (grouping by op, in-place writes by index) equals applying each image's op on its own."""
     images = random_images((3, 20, 24), n=40, seed=9, device=device)
     generator = torch.Generator().manual_seed(10)
-    op_ids = torch.randint(len(ops.OPS), (40,), generator=generator)
+    op_ids = torch.randint(len(space.OPS), (40,), generator=generator)
     magnitudes = torch.rand(40, generator=generator, dtype=torch.float64) * 0.8
     magnitudes = torch.where(op_ids == ops.OP_INDEX["Posterize"], 5.0, magnitudes)
     ours = ops.apply_slot(images, op_ids.to(device), magnitudes.to(device))
-    expected = each(images, lambda i, x: torchvision_op(ops.OPS[op_ids[i]], x, float(magnitudes[i])))
+    expected = each(images, lambda i, x: torchvision_op(space.OPS[op_ids[i]], x, float(magnitudes[i])))
     assert torch.equal(ours.cpu(), expected)
 
 
@@ -183,10 +204,13 @@ def test_train_transforms_equal_torchvision(device):
     images = random_images((3, 40, 36), n=6, seed=12, device=device)
     boxes = torch.tensor([[0, 0, 40, 36], [3, 5, 10, 12], [10, 2, 30, 33], [39, 35, 1, 1], [5, 0, 17, 36],
                           [0, 20, 40, 16]])
-    for size in ((24, 24), (64, 50)):
-        ours = T.resized_crop(images, boxes, size)
-        expected = each(images, lambda i, x: TF.resized_crop(x, *boxes[i].tolist(), list(size), antialias=False))
-        assert (ours.cpu().int() - expected.int()).abs().max() <= 1  # float vs torchvision's fixed-point uint8
+    for size in ((24, 24), (64, 50), (7, 5)):
+        for antialias in (False, True):
+            ours = T.resized_crop(images, boxes, size, antialias=antialias)
+            expected = each(images, lambda i, x: TF.resized_crop(x, *boxes[i].tolist(), list(size),
+                                                                 antialias=antialias))
+            assert (ours.cpu().int() - expected.int()).abs().max() <= 1  # float vs torchvision's fixed point
+            assert torch.equal(ours, T.resized_crop(list(images), boxes, size, antialias=antialias))  # ragged form
     flags = torch.tensor([True, False, True, True, False, False])
     assert torch.equal(T.horizontal_flip(images, flags).cpu(),
                        each(images, lambda i, x: TF.horizontal_flip(x) if flags[i] else x))

@@ -1,6 +1,6 @@
 """Policy samplers of pipelines.augment: tables equal torchvision's, sampled statistics match the policy's
 definition (chi-square / Kolmogorov-Smirnov at alpha = 0.001, fixed seeds), plans applied as torchvision would,
-determinism, build_policy's contract and its errors."""
+determinism, BatchAugment's contract and its errors."""
 import math
 from collections import Counter
 
@@ -10,10 +10,11 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import AutoAugmentPolicy, InterpolationMode
 
 from pipelines import AugmentSpec, ConfigError
-from pipelines.augment import (AutoAugment, RandAugment, TrivialAugmentWide, build_policy, cutout_boxes, erase, ops,
-                               random_erasing, random_erasing_boxes, random_horizontal_flip,
-                               random_resized_crop_boxes)
-from pipelines.augment.policies import autoaugment_subpolicies
+from pipelines.augment import (AutoAugment, BatchAugment, RandAugment, TrivialAugmentWide, cutout_boxes, erase, ops,
+                               random_horizontal_flip)
+from pipelines.augment.train_transforms import random_resized_crop_boxes
+from pipelines.augment import space
+from pipelines.augment.space import autoaugment_subpolicies
 from pipelines.device_stage import DeviceStage
 
 DEVICES = [pytest.param("cpu", id="cpu"),
@@ -21,7 +22,7 @@ DEVICES = [pytest.param("cpu", id="cpu"),
                                                                     reason="needs CUDA"))]
 N = 20_000
 SIZE = (32, 32)
-RANDAUGMENT_OPS = ops.OPS[:-1]  # torchvision's RandAugment / TrivialAugmentWide: all but Invert
+RANDAUGMENT_OPS = space.OPS[:-1]  # torchvision's RandAugment / TrivialAugmentWide: all but Invert
 
 
 def chi_square_critical(df: int, z: float = 3.0902) -> float:
@@ -58,9 +59,9 @@ def torchvision_space(cls, height=SIZE[0], width=SIZE[1], bins=31):
     return {op: (fn(bins, height, width), signed) for op, (fn, signed) in cls._AUGMENTATION_SPACE.items()}
 
 
-@pytest.mark.parametrize("ours, theirs", [(ops.RANDAUGMENT_SPACE, v2.RandAugment),
-                                          (ops.TRIVIALAUGMENT_SPACE, v2.TrivialAugmentWide),
-                                          (ops.AUTOAUGMENT_SPACE, v2.AutoAugment)])
+@pytest.mark.parametrize("ours, theirs", [(space.RANDAUGMENT_SPACE, v2.RandAugment),
+                                          (space.TRIVIALAUGMENT_SPACE, v2.TrivialAugmentWide),
+                                          (space.AUTOAUGMENT_SPACE, v2.AutoAugment)])
 def test_magnitude_tables_equal_torchvision(ours, theirs):
     for height, width, bins in [(32, 32, 31), (28, 28, 10), (224, 160, 31), (17, 40, 5)]:
         reference = torchvision_space(theirs, height, width, bins)
@@ -78,7 +79,7 @@ def test_autoaugment_tables_equal_torchvision(policy):
 
 def slot_outcomes(slot):
     """Counter of (op name, |magnitude| rounded) over the images of one slot."""
-    names = [ops.OPS[i] for i in slot.ops.tolist()]
+    names = [space.OPS[i] for i in slot.ops.tolist()]
     return Counter(zip(names, [round(abs(m), 6) for m in slot.magnitudes.tolist()]))
 
 
@@ -113,13 +114,13 @@ def recovered_bins(slot, space, bins=31):
 
 def test_randaugment_magnitude_std_is_clipped_normal():
     slots = RandAugment(num_ops=2, magnitude=15, magnitude_std=2.0).sample(N, *SIZE, generator(1))
-    bins = torch.cat([recovered_bins(slot, ops.RANDAUGMENT_SPACE) for slot in slots])
+    bins = torch.cat([recovered_bins(slot, space.RANDAUGMENT_SPACE) for slot in slots])
     assert abs(bins.mean().item() - 15) < 0.1 and abs(bins.std().item() - 2) < 0.1
     assert (bins != bins.round()).float().mean() > 0.99  # continuous, not rounded to bins
-    low = torch.cat([recovered_bins(s, ops.RANDAUGMENT_SPACE)
+    low = torch.cat([recovered_bins(s, space.RANDAUGMENT_SPACE)
                      for s in RandAugment(1, 0, magnitude_std=3.0).sample(N, *SIZE, generator(2))])
     assert low.min() >= 0 and abs((low < 1e-9).float().mean().item() - 0.5) < 0.03  # half clipped to bin 0
-    high = torch.cat([recovered_bins(s, ops.RANDAUGMENT_SPACE)
+    high = torch.cat([recovered_bins(s, space.RANDAUGMENT_SPACE)
                       for s in RandAugment(1, 30, magnitude_std=3.0).sample(N, *SIZE, generator(3))])
     assert high.max() <= 30 + 1e-5  # float32 table values
     posterize = torch.cat([s.magnitudes[s.ops == ops.OP_INDEX["Posterize"]] for s in slots])
@@ -128,10 +129,10 @@ def test_randaugment_magnitude_std_is_clipped_normal():
 
 def test_trivialaugment_statistics():
     (slot,) = TrivialAugmentWide().sample(N, *SIZE, generator(4))
-    assert_fits(Counter(ops.OPS[i] for i in slot.ops.tolist()), {op: N / 14 for op in RANDAUGMENT_OPS})
-    bins = recovered_bins(slot, ops.TRIVIALAUGMENT_SPACE).round().long()
+    assert_fits(Counter(space.OPS[i] for i in slot.ops.tolist()), {op: N / 14 for op in RANDAUGMENT_OPS})
+    bins = recovered_bins(slot, space.TRIVIALAUGMENT_SPACE).round().long()
     assert_fits(Counter(bins.tolist()), {b: len(bins) / 31 for b in range(31)})
-    signed = torch.tensor([ops.TRIVIALAUGMENT_SPACE[ops.OPS[i]].signed for i in slot.ops.tolist()])
+    signed = torch.tensor([space.TRIVIALAUGMENT_SPACE[space.OPS[i]].signed for i in slot.ops.tolist()])
     nonzero = signed & (slot.magnitudes != 0)
     negative = int((slot.magnitudes[nonzero] < 0).sum())
     half = int(nonzero.sum()) / 2
@@ -171,7 +172,7 @@ def test_policy_applies_its_plan_as_torchvision(policy, channels, device):
     expected = []
     for i, image in enumerate(images.cpu()):
         for slot in plan:
-            image = torchvision_op(ops.OPS[slot.ops[i]], image, float(slot.magnitudes[i]))
+            image = torchvision_op(space.OPS[slot.ops[i]], image, float(slot.magnitudes[i]))
         expected.append(image)
     ours = policy(images, generator(7, device)).cpu()
     same = ours == torch.stack(expected)
@@ -191,7 +192,7 @@ SPECS = [AugmentSpec("randaugment", magnitude=9, cutout=8), AugmentSpec("autoaug
 def test_determinism(spec, device):
     images = torch.randint(0, 256, (16, 3, 24, 24), generator=generator(8), dtype=torch.uint8).to(device)
     original = images.clone()
-    augment = build_policy(spec)
+    augment = BatchAugment(spec)
     rng_state = torch.get_rng_state()
     first = augment(images, generator(9, device))
     assert torch.equal(torch.get_rng_state(), rng_state)  # only the given generator is used
@@ -203,14 +204,14 @@ def test_determinism(spec, device):
 
 def test_cutout_only_spec():
     images = torch.randint(1, 256, (64, 1, 28, 28), generator=generator(11), dtype=torch.uint8)
-    out = build_policy(AugmentSpec("none", cutout=16))(images, generator(12))
+    out = BatchAugment(AugmentSpec("none", cutout=16))(images, generator(12))
     holes = out != images
     assert torch.equal(holes, out == 0)  # changed pixels are exactly the zeroed ones
     boxes = cutout_boxes(64, 28, 28, 16, generator(12))
     assert torch.equal(out, erase(images, boxes, 0))
     areas = holes.flatten(1).sum(1)
     assert torch.equal(areas, boxes[:, 2] * boxes[:, 3]) and areas.min() >= 64 and areas.max() <= 256
-    assert torch.equal(build_policy(AugmentSpec("none"))(images, generator(12)), images)
+    assert torch.equal(BatchAugment(AugmentSpec("none"))(images, generator(12)), images)
 
 
 def test_cutout_centres_are_uniform():
@@ -235,21 +236,7 @@ def test_random_resized_crop_boxes_match_torchvision(height, width):
         assert_same_distribution(ours_values, their_values)
 
 
-def test_random_erasing_boxes_match_torchvision():
-    boxes = random_erasing_boxes(6000, 40, 48, generator(16), p=0.5)
-    erased = boxes[:, 2] > 0
-    assert_fits({"yes": int(erased.sum()), "no": int((~erased).sum())}, {"yes": 3000, "no": 3000})
-    boxes = boxes[erased]
-    assert (boxes[:, 0] + boxes[:, 2] <= 40).all() and (boxes[:, 1] + boxes[:, 3] <= 48).all()
-    torch.manual_seed(17)
-    erasing = v2.RandomErasing(p=1.0)
-    theirs = torch.tensor([[p["i"], p["j"], p["h"], p["w"]]
-                           for p in (erasing.make_params([torch.zeros(3, 40, 48)]) for _ in range(3000))])
-    assert_same_distribution(boxes[:, 2] * boxes[:, 3], theirs[:, 2] * theirs[:, 3])
-    assert_same_distribution(boxes[:, 2] / boxes[:, 3], theirs[:, 2] / theirs[:, 3])
-
-
-def test_random_flip_and_erasing():
+def test_random_flip():
     images = torch.randint(0, 256, (N // 10, 1, 6, 6), generator=generator(19), dtype=torch.uint8)
     flipped = random_horizontal_flip(images, generator(20))
     is_flipped = (flipped == images.flip(-1)).flatten(1).all(1) & (flipped != images).flatten(1).any(1)
@@ -257,8 +244,6 @@ def test_random_flip_and_erasing():
     assert_fits({"flipped": int(is_flipped.sum()), "kept": int((~is_flipped).sum())},
                 {"flipped": N / 20, "kept": N / 20})
     assert torch.equal(random_horizontal_flip(images, generator(20), p=0.0), images)
-    erased = random_erasing(images, generator(21), p=0.5, value=0)
-    assert torch.equal(erased, erase(images, random_erasing_boxes(N // 10, 6, 6, generator(21), p=0.5), 0))
 
 
 def test_device_stage_uses_the_policy():
@@ -274,7 +259,7 @@ def test_device_stage_uses_the_policy():
 
 def test_bad_input_gives_clear_errors():
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    augment = build_policy(AugmentSpec("randaugment"))
+    augment = BatchAugment(AugmentSpec("randaugment"))
     with pytest.raises(TypeError, match="uint8"):
         augment(images.float(), generator(0))
     with pytest.raises(ValueError, match="contiguous"):
@@ -284,7 +269,7 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(TypeError, match="Generator"):
         augment(images, 0)
     with pytest.raises(TypeError, match="AugmentSpec"):
-        build_policy("randaugment")
+        BatchAugment("randaugment")
     with pytest.raises(ConfigError, match="AugmentSpec: unknown policy 'augmix'"):
         AugmentSpec("augmix")
     with pytest.raises(ConfigError, match="outside 0..30"):
@@ -296,7 +281,7 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ConfigError, match="unknown AutoAugment policy"):
         AutoAugment("reduced-imagenet")
     with pytest.raises(ConfigError, match="randaugment only"):
-        build_policy(AugmentSpec("trivialaugment", magnitude_std=0.5))
+        BatchAugment(AugmentSpec("trivialaugment", magnitude_std=0.5))
     with pytest.raises(ConfigError, match="interpolation"):
         TrivialAugmentWide(interpolation="bicubic")
 
@@ -305,4 +290,4 @@ def test_bad_input_gives_clear_errors():
 def test_generator_on_another_device_is_rejected():
     images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device="cuda")
     with pytest.raises(ValueError, match="generator is on"):
-        build_policy(AugmentSpec("trivialaugment"))(images, generator(0))
+        BatchAugment(AugmentSpec("trivialaugment"))(images, generator(0))

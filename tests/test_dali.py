@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import InterpolationMode  # noqa: E402
 
 from formats import learnable_images, write_idx  # noqa: E402
 from pipelines import AugmentSpec, ConfigError, build_loader, open_source  # noqa: E402
+from pipelines.augment import space  # noqa: E402
 from pipelines.dali import loader as db, suite as dali_suite  # noqa: E402
 from pipelines.device_stage import DeviceStage  # noqa: E402
 from pipelines.photo_tree import build_photo_tree  # noqa: E402
@@ -167,7 +168,7 @@ def test_array_training_crop_is_a_padded_window_with_flip(fmnist64):
 def test_suite_tables_are_torchvisions(policy):
     height, width = 48, 64
     suite = dali_suite.torchvision_suite(AugmentSpec(policy), height, width, 3)
-    bins = dali_suite.AUTOAUGMENT_BINS if policy == "autoaugment" else 31
+    bins = space.AUTOAUGMENT_BINS if policy == "autoaugment" else 31
     for name, (table, signed) in TV_SPACE[policy].items():
         expected = table(bins, height, width)
         assert suite[name].randomly_negate == signed, name
@@ -175,8 +176,7 @@ def test_suite_tables_are_torchvisions(policy):
             assert suite[name].mag_range is None, name
         else:
             assert np.array_equal(suite[name].mag_range, expected.numpy()), name
-    if policy != "autoaugment":
-        assert set(dali_suite.RANDAUGMENT_OPS) == set(TV_SPACE[policy])
+    assert list(space.POLICY_SPACES[policy]) == list(TV_SPACE[policy])
 
 
 def _photos(tree, height: int, width: int) -> np.ndarray:
@@ -191,9 +191,9 @@ def test_each_op_matches_torchvision(photo_tree, policy, channels, bins):
     photos = _photos(photo_tree, 48, 64)[..., :channels].copy()
     n, height, width, _ = photos.shape
     suite = dali_suite.torchvision_suite(AugmentSpec(policy), height, width, channels)
-    space = TV_SPACE[policy]
-    num_bins = dali_suite.AUTOAUGMENT_BINS if policy == "autoaugment" else 31
-    cases = [(name, b, s) for name, (table, signed) in space.items()
+    tv_space = TV_SPACE[policy]
+    num_bins = space.AUTOAUGMENT_BINS if policy == "autoaugment" else 31
+    cases = [(name, b, s) for name, (table, signed) in tv_space.items()
              for b in (bins if table(num_bins, height, width) is not None else (0,))
              for s in ((0, 1) if signed else (0,))]
 
@@ -210,7 +210,7 @@ def test_each_op_matches_torchvision(photo_tree, policy, channels, bins):
     reference = v2.RandAugment()
     inputs = torch.from_numpy(photos).permute(0, 3, 1, 2)
     for (name, b, s), out in zip(cases, pipe.run()):
-        table = space[name][0](num_bins, height, width)
+        table = tv_space[name][0](num_bins, height, width)
         magnitude = 0.0 if table is None else float(table[b]) * (-1 if s else 1)
         expected = torch.stack([reference._apply_image_or_video_transform(
             image, name, magnitude, interpolation=InterpolationMode.NEAREST, fill=reference._fill)
@@ -256,7 +256,7 @@ _HAS_MAGNITUDE = {name: table(10, 8, 8) is not None for name, (table, _) in _SPA
 
 def _observed_steps(spec: AugmentSpec, samples: int) -> collections.Counter:
     """How often each sequence of (op, signed magnitude bin) was applied, read back from marker ops."""
-    num_bins = dali_suite.AUTOAUGMENT_BINS if spec.policy == "autoaugment" else spec.num_magnitude_bins
+    num_bins = space.AUTOAUGMENT_BINS if spec.policy == "autoaugment" else spec.num_magnitude_bins
     suite = {name: augmentation(_marker_op(_CODES[name]), name=name, randomly_negate=signed,
                                 mag_range=np.arange(num_bins, dtype=np.float32) if _HAS_MAGNITUDE[name] else None)
              for name, (_, signed) in _SPACE.items()}
@@ -291,9 +291,9 @@ def _expected_steps(spec: AugmentSpec) -> dict:
     """torchvision's distribution of applied (op, signed bin) sequences for `spec`."""
     def one_step(bin_probabilities):
         out = collections.defaultdict(float)
-        for name in dali_suite.RANDAUGMENT_OPS:
+        for name in space.RANDAUGMENT_SPACE:
             for b, q in bin_probabilities.items():
-                for key, p in _with_signs(name, b, q / len(dali_suite.RANDAUGMENT_OPS)).items():
+                for key, p in _with_signs(name, b, q / len(space.RANDAUGMENT_SPACE)).items():
                     out[key] += p
         return out
 
@@ -343,17 +343,7 @@ def test_policy_op_statistics_match_torchvision(spec):
     _assert_chi2_fits(_observed_steps(spec, samples), _expected_steps(spec), samples)
 
 
-def _rkd_available() -> bool:
-    try:
-        from pipelines.augment import build_policy  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.parametrize("augment_backend", [
-    "dali", pytest.param("rkd", marks=pytest.mark.skipif(not _rkd_available(),
-                                                         reason="pipelines.augment.build_policy is missing"))])
+@pytest.mark.parametrize("augment_backend", ["dali", "rkd"])
 def test_magnitude_zero_leaves_images_unchanged(flat_tree, augment_backend):
     def train(spec):
         return collect(dali(flat_tree, split="train", batch_size=8, image_size=16, seed=8, augment=spec,
@@ -366,7 +356,6 @@ def test_magnitude_zero_leaves_images_unchanged(flat_tree, augment_backend):
     assert not torch.equal(train(AugmentSpec("randaugment", magnitude=9))[0], plain[0])
 
 
-@pytest.mark.skipif(not _rkd_available(), reason="pipelines.augment.build_policy is missing")
 def test_rkd_backend_augments_dalis_batch_with_the_device_stage(fmnist64):
     spec = AugmentSpec("randaugment", magnitude=12)
     plain = dali(fmnist64, split="train", batch_size=16, seed=9, augment=spec, augment_backend="rkd")

@@ -6,7 +6,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from pipelines import ConfigError, build_loader
-from pipelines.augment.train_transforms import resized_crops
+from pipelines.augment.train_transforms import resized_crop
 from pipelines.jpeg_batch import decode_crop_flip
 
 SIZES = ((80, 60), (45, 97), (120, 90), (33, 40), (64, 64), (150, 50))   # (width, height): a ragged batch
@@ -45,7 +45,7 @@ def test_resized_crops_of_a_ragged_batch_equal_torchvision():
     boxes = torch.tensor([[0, 0, 50, 40], [3, 5, 20, 50], [10, 2, 70, 60], [19, 29, 1, 1]])
     for size in ((24, 24), (64, 50)):
         for antialias in (True, False):
-            ours = resized_crops(images, boxes, size, antialias=antialias)
+            ours = resized_crop(images, boxes, size, antialias=antialias)
             expected = torch.stack([TF.resized_crop(x, *b.tolist(), list(size), antialias=antialias)
                                     for x, b in zip(images, boxes)])
             assert ours.shape == (4, 3, *size)

@@ -1,14 +1,16 @@
-"""CPU fast paths of `functional` (Numba, parallel over images or rows): one pass over the pixels per op.
+"""CPU fast paths of `functional` (Numba, parallel over images or rows): one pass over the pixels per op, each
+registered in `registry` for device type "cpu" (this module is imported on the first CPU lookup).
 
 The torch kernels in `functional` run on any device; on a CPU a batch of large images makes each of their
 passes (float copies, 64-bit gather indices) leave the cache, so these kernels do the same arithmetic per pixel:
 
-* `apply_lut`, `histograms`: integer work only; `gray_sums`: torchvision's float32 luma, floored, summed exactly.
+* `apply_lut`, `histograms`: integer work only; `mean_gray`: torchvision's float32 luma, floored, summed exactly.
 * `warp_nearest`: computes torchvision's float32 sampling grid per pixel, operation for operation as the float32
   GEMM that builds it: (x·t0 + y·t1) + t2, each step rounded to float32, or with y·t1 fused into the sum where
-  the BLAS uses FMA (`grid_rule` finds which on first use by comparing with torch's own grid, and refuses the
-  fast path when neither matches), then rounds it as ATen's CPU ``grid_sample`` does (``(g + 1) · size/2 − 0.5``
-  in float32, half to even), so nearest-neighbour ties at half-integer source coordinates fall the same way.
+  the BLAS uses FMA (`grid_rule` finds which on first use by comparing with torch's own grid; when neither
+  matches the fast path does not apply), then rounds it as ATen's CPU ``grid_sample`` does
+  (``(g + 1) · size/2 − 0.5`` in float32, half to even), so nearest-neighbour ties at half-integer source
+  coordinates fall the same way.
 * `saturate`, `sharpen`: torchvision's float32 operations; each fused multiply-add is evaluated in float64, where
   its product and sum are exact for these operands (8-bit integers times float32 factors), then rounded once
   to float32 — the value a hardware FMA gives.
@@ -20,12 +22,15 @@ The tests compare both paths with torchvision.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Optional
+from typing import Optional, Tuple
 
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+from . import functional as F
+from .registry import register_kernel
 
 @njit(parallel=True, cache=True)
 def _apply_lut(images, indices, luts, out):
@@ -154,23 +159,48 @@ def _planes(images: torch.Tensor) -> torch.Tensor:
     return images.view(images.shape[0], images.shape[1], -1)
 
 
-def apply_lut(images: torch.Tensor, luts: torch.Tensor, indices: torch.Tensor, out: torch.Tensor) -> None:
+def _selection(images: torch.Tensor, indices: Optional[torch.Tensor],
+               out: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(indices, out) for a kernel: all images into a new tensor, or the selected ones into (a copy of) `out`."""
+    if out is None:
+        out = torch.empty_like(images) if indices is None else images.clone()
+    return _all_if_none(images, indices), out
+
+
+def _all_if_none(images: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
+    return torch.arange(images.shape[0]) if indices is None else indices
+
+
+@register_kernel("apply_lut", "cpu")
+def apply_lut(images: torch.Tensor, luts: torch.Tensor, indices: Optional[torch.Tensor],
+              out: Optional[torch.Tensor]) -> torch.Tensor:
     """out[indices] = luts[k][images[indices[k]]] per channel; `luts` uint8 (S, C, 256)."""
+    indices, out = _selection(images, indices, out)
     _run(_apply_lut, _planes(images), indices, luts.contiguous(), _planes(out))
+    return out
 
 
-def histograms(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+@register_kernel("channel_histograms", "cpu")
+def histograms(images: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
     """int64 (S, C, 256) counts of each value in each channel of images[indices]."""
+    indices = _all_if_none(images, indices)
     counts = torch.zeros(indices.shape[0], images.shape[1], 256, dtype=torch.int64)
     _run(_histograms, _planes(images), indices, counts)
     return counts
 
 
-def gray_sums(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """int64 (S,): sum over each selected image of its floored luma (RGB) or of its pixels (one channel)."""
+def _sums_exact_in_float32(images: torch.Tensor, indices: Optional[torch.Tensor]) -> bool:
+    """The float32 sum of integer values is exact below 2**24, so torch's mean is then float32(sum) / pixels."""
+    return 255 * images.shape[-2] * images.shape[-1] < 2 ** 24
+
+
+@register_kernel("mean_gray", "cpu", applies=_sums_exact_in_float32)
+def mean_gray(images: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
+    """float32 (S,): the mean of each selected image's floored luma (RGB) or of its pixels (one channel)."""
+    indices = _all_if_none(images, indices)
     sums = torch.empty(indices.shape[0], dtype=torch.int64)
     _run(_gray_sums, images, indices, sums)
-    return sums
+    return sums.float() / float(images.shape[-2] * images.shape[-1])
 
 
 def _emulated_grid(base: np.ndarray, thetas: np.ndarray, fused: bool) -> np.ndarray:
@@ -184,7 +214,7 @@ def _emulated_grid(base: np.ndarray, thetas: np.ndarray, fused: bool) -> np.ndar
 @lru_cache(maxsize=None)
 def grid_rule() -> Optional[bool]:
     """How torch's float32 GEMM builds the sampling grid on this machine: False = every step rounded, True = y·t1
-    fused into the sum, None = neither (then `warp_nearest` cannot reproduce it and must not be used)."""
+    fused into the sum, None = neither (then `warp_nearest` cannot reproduce it and does not apply)."""
     generator = torch.Generator().manual_seed(0)
     base = torch.cat([(torch.rand(4096, 2, generator=generator) - 0.5) * 448, torch.ones(4096, 1)], dim=1)
     thetas = torch.randn(16, 3, 2, generator=generator)
@@ -195,24 +225,40 @@ def grid_rule() -> Optional[bool]:
     return None
 
 
-def warp_nearest(images: torch.Tensor, indices: torch.Tensor, thetas: torch.Tensor, base_x: torch.Tensor,
-                 base_y: torch.Tensor, outside: torch.Tensor, out: torch.Tensor) -> None:
-    """Nearest-neighbour resampling along the grid ``[base_x, base_y, 1] @ thetas[k]`` (float32 (S, 3, 2)
-    rescaled matrices, float32 pixel-centre coordinates); pixels from outside the image get `outside` (C,)."""
-    if images.shape[-2] * images.shape[-1] >= 2 ** 24:
-        raise ValueError("warp_nearest indexes pixels in float32: images must have fewer than 2**24 pixels")
-    fused = grid_rule()
-    if fused is None:
-        raise RuntimeError("warp_nearest cannot reproduce this machine's torch grid: use the torch kernels")
-    _run(_warp_nearest, images, indices, thetas.contiguous(), base_x, base_y, outside.contiguous(), fused, out)
+def _nearest_on_reproducible_grid(images: torch.Tensor, inverse_matrices: torch.Tensor, interpolation: str,
+                                  *_) -> bool:
+    """Nearest-neighbour warps of images under 2**24 pixels (indexed in float32), on a machine whose torch grid
+    the kernel reproduces."""
+    return interpolation == "nearest" and images.shape[-2] * images.shape[-1] < 2 ** 24 and grid_rule() is not None
 
 
-def saturate(images: torch.Tensor, indices: torch.Tensor, ratios: torch.Tensor, alphas: torch.Tensor,
-             out: torch.Tensor) -> None:
-    """RGB images blended with their floored grayscale: ratio·x + alpha·gray (float32 ratios and alphas)."""
-    _run(_saturate, images, indices, ratios, alphas, out)
+@register_kernel("warp_affine", "cpu", applies=_nearest_on_reproducible_grid)
+def warp_nearest(images: torch.Tensor, inverse_matrices: torch.Tensor, interpolation: str, fill: F.Fill,
+                 indices: Optional[torch.Tensor], out: Optional[torch.Tensor]) -> torch.Tensor:
+    """Nearest-neighbour resampling along torchvision's grid of each inverse matrix; pixels from outside the
+    image get `fill` (None: 0)."""
+    channels, height, width = images.shape[1:]
+    indices, out = _selection(images, indices, out)
+    outside = torch.zeros(channels) if fill is None else F.fill_values(fill, channels, images.device).view(-1)
+    _run(_warp_nearest, images, indices, F.grid_thetas(inverse_matrices, height, width).contiguous(),
+         F.pixel_centres(width, "cpu"), F.pixel_centres(height, "cpu"),
+         outside.round().expand(channels).to(torch.uint8).contiguous(), grid_rule(), out)
+    return out
 
 
-def sharpen(images: torch.Tensor, indices: torch.Tensor, alphas: torch.Tensor, out: torch.Tensor) -> None:
+@register_kernel("adjust_saturation", "cpu")
+def saturate(images: torch.Tensor, factors: torch.Tensor, indices: Optional[torch.Tensor],
+             out: Optional[torch.Tensor]) -> torch.Tensor:
+    """RGB images blended with their floored grayscale: factor·x + (1 − factor)·gray in float32."""
+    indices, out = _selection(images, indices, out)
+    _run(_saturate, images, indices, factors.float(), (1.0 - factors).float(), out)
+    return out
+
+
+@register_kernel("adjust_sharpness", "cpu")
+def sharpen(images: torch.Tensor, alphas: torch.Tensor, indices: Optional[torch.Tensor],
+            out: Optional[torch.Tensor]) -> torch.Tensor:
     """Interior pixels blended with their 3×3 smoothed value: x + alpha·(smoothed − x); borders copied."""
+    indices, out = _selection(images, indices, out)
     _run(_sharpen, images, indices, alphas, out)
+    return out

@@ -16,39 +16,25 @@ Parameters are 1-D tensors (or sequences) of length N, on any device; they are m
 The pixel kernels (`apply_lut`, `warp_affine`, `adjust_saturation`, `adjust_sharpness`, `channel_histograms`) also
 take ``indices=``: they then process only ``images[indices]`` (one parameter per selected image) and write the
 results into ``out[indices]`` (`out` defaults to a copy of `images`) — how a policy runs each op on its images.
-On the CPU these run as Numba kernels (`_cpu`) doing the same arithmetic in one pass; set `NUMBA_ON_CPU = False`
-to run the torch kernels there too (the tests check both against torchvision).
+These and `mean_gray` run through the kernel `registry`: the torch kernels here are the reference on every
+device; on the CPU the Numba kernels of `_cpu` replace them, doing the same arithmetic in one pass
+(``registry.use_reference_kernels()`` runs the torch kernels there too; the tests check both against torchvision).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as nnf
+
+from .registry import dispatch, register_kernel
 
 Fill = Optional[Union[float, Sequence[float]]]
 Params = Union[torch.Tensor, Sequence[float], float]
 
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _DEG_TO_RAD = math.pi / 180.0
-NUMBA_ON_CPU = True
-
-
-def _on_numba(images: torch.Tensor) -> bool:
-    return NUMBA_ON_CPU and images.device.type == "cpu"
-
-
-def _all_if_none(images: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
-    return torch.arange(images.shape[0], device=images.device) if indices is None else indices
-
-
-def _selection(images: torch.Tensor, indices: Optional[torch.Tensor],
-               out: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(indices, out) for a Numba kernel: all images into a new tensor, or the selected ones into `out`."""
-    if out is None:
-        out = torch.empty_like(images) if indices is None else images.clone()
-    return _all_if_none(images, indices), out
 
 
 def _place(images: torch.Tensor, indices: Optional[torch.Tensor], out: Optional[torch.Tensor],
@@ -109,14 +95,12 @@ def _levels(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.T
 def apply_lut(images: torch.Tensor, luts: torch.Tensor, *, indices: Optional[torch.Tensor] = None,
               out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Map every pixel through its image's (N, 1, 256) or its channel's (N, C, 256) uint8 lookup table."""
-    channels = images.shape[1]
-    luts = luts.expand(luts.shape[0], channels, 256)
-    if _on_numba(images):
-        from . import _cpu
-        indices, out = _selection(images, indices, out)
-        _cpu.apply_lut(images, luts, indices, out)
-        return out
+    return dispatch("apply_lut", images, luts.expand(luts.shape[0], images.shape[1], 256), indices, out)
 
+
+@register_kernel("apply_lut")
+def _apply_lut(images: torch.Tensor, luts: torch.Tensor, indices: Optional[torch.Tensor],
+               out: Optional[torch.Tensor]) -> torch.Tensor:
     def gather(selected: torch.Tensor) -> torch.Tensor:
         planes = selected.view(-1, selected.shape[2] * selected.shape[3]).long()
         return luts.reshape(-1, 256).gather(1, planes).view_as(selected)
@@ -125,9 +109,11 @@ def apply_lut(images: torch.Tensor, luts: torch.Tensor, *, indices: Optional[tor
 
 def channel_histograms(images: torch.Tensor, *, indices: Optional[torch.Tensor] = None) -> torch.Tensor:
     """int64 (N, C, 256) (or one row per index): how many pixels of each channel have each value."""
-    if _on_numba(images):
-        from . import _cpu
-        return _cpu.histograms(images, _all_if_none(images, indices))
+    return dispatch("channel_histograms", images, indices)
+
+
+@register_kernel("channel_histograms")
+def _channel_histograms(images: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
     selected = images if indices is None else images.index_select(0, indices)
     planes = selected.view(-1, selected.shape[2] * selected.shape[3])
     offsets = torch.arange(planes.shape[0], device=images.device).mul_(256).view(-1, 1)
@@ -158,12 +144,11 @@ def brightness_lut(factors: torch.Tensor) -> torch.Tensor:
 def mean_gray(images: torch.Tensor, *, indices: Optional[torch.Tensor] = None) -> torch.Tensor:
     """float32 (N,) (or one per index): the mean of the floored luma (RGB) or of the pixels (one channel), as
     ``F.adjust_contrast`` computes it."""
-    height, width = images.shape[-2:]
-    if _on_numba(images) and 255 * height * width < 2 ** 24:
-        # the float32 sum of integer values is exact below 2**24, so torch's mean is float32(sum) / pixels
-        from . import _cpu
-        sums = _cpu.gray_sums(images, _all_if_none(images, indices))
-        return sums.float() / float(height * width)
+    return dispatch("mean_gray", images, indices)
+
+
+@register_kernel("mean_gray")
+def _mean_gray(images: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
     selected = images if indices is None else images.index_select(0, indices)
     gray = grayscale(selected).floor_() if selected.shape[1] == 3 else selected.float()
     return gray.mean(dim=(1, 2, 3))
@@ -230,11 +215,13 @@ def adjust_saturation(images: torch.Tensor, factors: Params, *, indices: Optiona
         _non_negative(factors, "saturation factor")
     if images.shape[1] == 1:
         return _place(images, indices, out, lambda selected: selected)
-    if _on_numba(images):
-        from . import _cpu
-        indices, out = _selection(images, indices, out)
-        _cpu.saturate(images, indices, factors.float(), (1.0 - factors).float(), out)
-        return out
+    return dispatch("adjust_saturation", images, factors, indices, out)
+
+
+@register_kernel("adjust_saturation")
+def _adjust_saturation(images: torch.Tensor, factors: torch.Tensor, indices: Optional[torch.Tensor],
+                       out: Optional[torch.Tensor]) -> torch.Tensor:
+    """RGB images only; `factors` float64, one per selected image."""
     return _place(images, indices, out, lambda selected: blend(selected, grayscale(selected).floor_(), factors))
 
 
@@ -257,13 +244,13 @@ def adjust_sharpness(images: torch.Tensor, factors: Params, *, indices: Optional
     height, width = images.shape[-2:]
     if height <= 2 or width <= 2:
         return _place(images, indices, out, lambda selected: selected)
-    alphas = (1.0 - factors).float()
-    if _on_numba(images):
-        from . import _cpu
-        indices, out = _selection(images, indices, out)
-        _cpu.sharpen(images, indices, alphas, out)
-        return out
+    return dispatch("adjust_sharpness", images, (1.0 - factors).float(), indices, out)
 
+
+@register_kernel("adjust_sharpness")
+def _adjust_sharpness(images: torch.Tensor, alphas: torch.Tensor, indices: Optional[torch.Tensor],
+                      out: Optional[torch.Tensor]) -> torch.Tensor:
+    """Images larger than 2×2; `alphas` = 1 − factor (float32), one per selected image."""
     def sharpen(selected: torch.Tensor) -> torch.Tensor:
         pixels = selected.float()
         rows = pixels[:, :, :-2] + pixels[:, :, 1:-1] + pixels[:, :, 2:]
@@ -339,12 +326,12 @@ def inverse_affine_matrices(angles: torch.Tensor, translations: torch.Tensor, sc
     return torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(-1, 2, 3)
 
 
-def _pixel_centres(size: int, device: torch.device) -> torch.Tensor:
+def pixel_centres(size: int, device: torch.device) -> torch.Tensor:
     """Pixel-centre coordinates relative to the image centre, float32 (torchvision's base grid)."""
     return torch.linspace((1.0 - size) * 0.5, (size - 1.0) * 0.5, size, device=device)
 
 
-def _grid_thetas(inverse_matrices: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def grid_thetas(inverse_matrices: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """float32 (N, 3, 2): the matrices transposed and divided by the half sizes, as torchvision's _affine_grid."""
     half_sizes = torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32, device=inverse_matrices.device)
     return inverse_matrices.float().transpose(1, 2) / half_sizes
@@ -354,11 +341,11 @@ def affine_grid(inverse_matrices: torch.Tensor, height: int, width: int) -> torc
     """The (N, H, W, 2) float32 ``grid_sample`` grid of each matrix, built exactly as torchvision builds it."""
     device = inverse_matrices.device
     base = torch.empty(height, width, 3, dtype=torch.float32, device=device)
-    base[..., 0] = _pixel_centres(width, device)
-    base[..., 1] = _pixel_centres(height, device).unsqueeze(-1)
+    base[..., 0] = pixel_centres(width, device)
+    base[..., 1] = pixel_centres(height, device).unsqueeze(-1)
     base[..., 2] = 1.0
     n = inverse_matrices.shape[0]
-    thetas = _grid_thetas(inverse_matrices, height, width)
+    thetas = grid_thetas(inverse_matrices, height, width)
     return base.view(1, height * width, 3).expand(n, -1, -1).bmm(thetas).view(n, height, width, 2)
 
 
@@ -371,16 +358,13 @@ def warp_affine(images: torch.Tensor, inverse_matrices: torch.Tensor, interpolat
     """
     if interpolation not in ("nearest", "bilinear"):
         raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+    return dispatch("warp_affine", images, inverse_matrices, interpolation, fill, indices, out)
+
+
+@register_kernel("warp_affine")
+def _warp_affine(images: torch.Tensor, inverse_matrices: torch.Tensor, interpolation: str, fill: Fill,
+                 indices: Optional[torch.Tensor], out: Optional[torch.Tensor]) -> torch.Tensor:
     channels, height, width = images.shape[1:]
-    if interpolation == "nearest" and _on_numba(images):
-        from . import _cpu
-        if _cpu.grid_rule() is not None:    # the Numba kernel reproduces this machine's torch grid
-            indices, out = _selection(images, indices, out)
-            outside = torch.zeros(channels) if fill is None else _fill_values(fill, channels, images.device).view(-1)
-            _cpu.warp_nearest(images, indices, _grid_thetas(inverse_matrices, height, width),
-                              _pixel_centres(width, "cpu"), _pixel_centres(height, "cpu"),
-                              outside.round().expand(channels).to(torch.uint8), out)
-            return out
 
     def resample(selected: torch.Tensor) -> torch.Tensor:
         n = selected.shape[0]
@@ -393,16 +377,16 @@ def warp_affine(images: torch.Tensor, inverse_matrices: torch.Tensor, interpolat
         pixels = nnf.grid_sample(pixels, grid, mode=interpolation, padding_mode="zeros", align_corners=False)
         if fill is not None:
             pixels, inside = pixels[:, :channels], pixels[:, channels:]
-            fill_values = _fill_values(fill, channels, images.device)
+            values = fill_values(fill, channels, images.device)
             if interpolation == "nearest":
-                pixels = torch.where(inside < 0.5, fill_values.expand_as(pixels), pixels)
+                pixels = torch.where(inside < 0.5, values.expand_as(pixels), pixels)
             else:
-                pixels = (pixels - fill_values) * inside + fill_values
+                pixels = (pixels - values) * inside + values
         return pixels.round_().to(torch.uint8)
     return _place(images, indices, out, resample)
 
 
-def _fill_values(fill: Fill, channels: int, device: torch.device) -> torch.Tensor:
+def fill_values(fill: Fill, channels: int, device: torch.device) -> torch.Tensor:
     """`fill` as float32 (1, 1 or C, 1, 1)."""
     values = torch.as_tensor(fill, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
     if values.shape[1] not in (1, channels):

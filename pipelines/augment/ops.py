@@ -1,75 +1,25 @@
-"""The augmentation ops by name: their magnitude ranges per policy, and applying one op per image to a batch.
+"""Applying the augmentation ops of `space` by name, one op per image of a batch, and the spaces as tensors.
 
-Names, ranges, signs and the magnitude → kernel-argument mapping follow torchvision v2's ``_AUGMENTATION_SPACE``
-tables and ``_apply_image_or_video_transform``. `apply_slot` runs one op per image: it groups the images by op
-(one sort, one host sync) and runs each family once on its images — the five geometric ops as one affine
-resampling, the seven point ops as one lookup-table pass, Color and Sharpness once each.
+The magnitude → kernel-argument mapping follows torchvision v2's ``_apply_image_or_video_transform``.
+`apply_slot` runs one op per image: it groups the images by op (one sort, one host sync) and runs each family
+once on its images — the five geometric ops as one affine resampling, the seven point ops as one lookup-table
+pass, Color and Sharpness once each.
 """
 from __future__ import annotations
 
 import functools
 import math
 from dataclasses import dataclass
+from typing import Dict
 
 import torch
 
 from . import functional as F
+from .space import OPS, MagnitudeRange
 
-OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Color", "Sharpness", "Brightness",
-       "Contrast", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
 OP_INDEX = {name: index for index, name in enumerate(OPS)}
 GEOMETRIC = OPS[1:6]  # each family has consecutive indices: after sorting by op, its images form one run
 _RAD_TO_DEG = 180.0 / math.pi
-
-
-@dataclass(frozen=True)
-class MagnitudeRange:
-    """How bin b of `num_bins` maps to an op's magnitude (a row of torchvision's augmentation space).
-
-    kind "linear": linspace(start, end); "width"/"height": linspace(start, end · image width/height);
-    "bits": round(start − b / ((num_bins − 1) / end)) (Posterize); "none": the op takes no magnitude.
-    Signed ops are negated with probability 1/2.
-    """
-
-    kind: str = "none"
-    start: float = 0.0
-    end: float = 0.0
-    signed: bool = False
-
-    def values(self, num_bins: int, height: int, width: int) -> torch.Tensor:
-        """The magnitude of every bin, as torchvision computes it (float32 or int32 table), in float64."""
-        if self.kind == "none":
-            return torch.zeros(num_bins, dtype=torch.float64)
-        if self.kind == "bits":
-            return (self.start - torch.arange(num_bins) / ((num_bins - 1) / self.end)).round().int().double()
-        end = self.end * {"linear": 1, "width": width, "height": height}[self.kind]
-        return torch.linspace(self.start, end, num_bins, dtype=torch.float32).double()
-
-
-def _signed(kind: str, end: float, start: float = 0.0) -> MagnitudeRange:
-    return MagnitudeRange(kind, start, end, signed=True)
-
-
-_NONE = MagnitudeRange()
-_SOLARIZE = MagnitudeRange("linear", 1.0, 0.0)
-_TRANSLATE = (_signed("width", 150.0 / 331.0), _signed("height", 150.0 / 331.0))
-
-#: torchvision's RandAugment space (also AutoAugment's, which drops Identity and adds Invert).
-RANDAUGMENT_SPACE = {
-    "Identity": _NONE, "ShearX": _signed("linear", 0.3), "ShearY": _signed("linear", 0.3),
-    "TranslateX": _TRANSLATE[0], "TranslateY": _TRANSLATE[1], "Rotate": _signed("linear", 30.0),
-    "Brightness": _signed("linear", 0.9), "Color": _signed("linear", 0.9), "Contrast": _signed("linear", 0.9),
-    "Sharpness": _signed("linear", 0.9), "Posterize": MagnitudeRange("bits", 8.0, 4.0), "Solarize": _SOLARIZE,
-    "AutoContrast": _NONE, "Equalize": _NONE,
-}
-AUTOAUGMENT_SPACE = {**{k: v for k, v in RANDAUGMENT_SPACE.items() if k != "Identity"}, "Invert": _NONE}
-TRIVIALAUGMENT_SPACE = {
-    "Identity": _NONE, "ShearX": _signed("linear", 0.99), "ShearY": _signed("linear", 0.99),
-    "TranslateX": _signed("linear", 32.0), "TranslateY": _signed("linear", 32.0), "Rotate": _signed("linear", 135.0),
-    "Brightness": _signed("linear", 0.99), "Color": _signed("linear", 0.99), "Contrast": _signed("linear", 0.99),
-    "Sharpness": _signed("linear", 0.99), "Posterize": MagnitudeRange("bits", 8.0, 6.0), "Solarize": _SOLARIZE,
-    "AutoContrast": _NONE, "Equalize": _NONE,
-}
 
 
 @dataclass(frozen=True)
@@ -97,8 +47,9 @@ class SpaceTable:
         return torch.where(self.integer[ops], nearest, interpolated)
 
 
-def space_table(space: dict, num_bins: int, height: int, width: int, device: torch.device) -> SpaceTable:
-    """`space` (a dict above) as a `SpaceTable` on `device` (cached per size and device)."""
+def space_table(space: Dict[str, MagnitudeRange], num_bins: int, height: int, width: int,
+                device: torch.device) -> SpaceTable:
+    """`space` (one of `space.POLICY_SPACES`) as a `SpaceTable` on `device` (cached per size and device)."""
     return _space_table(tuple(space.items()), num_bins, height, width, str(device))
 
 

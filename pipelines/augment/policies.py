@@ -1,4 +1,5 @@
-"""Per-image policy samplers: RandAugment, AutoAugment, TrivialAugmentWide on uint8 NCHW batches.
+"""Per-image policy samplers: RandAugment, AutoAugment, TrivialAugmentWide on uint8 NCHW batches, and
+`BatchAugment`, an `AugmentSpec`'s policy and Cutout.
 
 A policy first *samples* a plan for the whole batch — for each op slot, one op and one signed magnitude per image
 (`OpSlot`) — using only the generator it is given, then *applies* it slot by slot with `ops.apply_slot`. Sampling
@@ -6,67 +7,21 @@ is separate so its statistics can be tested without touching pixels.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
 from ..errors import ConfigError
+from ..spec import AugmentSpec
 from . import functional as F
-from .ops import (AUTOAUGMENT_SPACE, OP_INDEX, RANDAUGMENT_SPACE, TRIVIALAUGMENT_SPACE, SpaceTable, apply_slot,
-                  space_table)
-
-# AutoAugment's learned sub-policies (Cubuk et al. 2019; the tables torchvision ships): two (op, probability,
-# magnitude bin of 10) steps each; "-" marks an op without magnitude.
-_AUTOAUGMENT_TABLES = {
-    "imagenet": """
-        Posterize .4 8 Rotate .6 9 | Solarize .6 5 AutoContrast .6 - | Equalize .8 - Equalize .6 - |
-        Posterize .6 7 Posterize .6 6 | Equalize .4 - Solarize .2 4 | Equalize .4 - Rotate .8 8 |
-        Solarize .6 3 Equalize .6 - | Posterize .8 5 Equalize 1 - | Rotate .2 3 Solarize .6 8 |
-        Equalize .6 - Posterize .4 6 | Rotate .8 8 Color .4 0 | Rotate .4 9 Equalize .6 - |
-        Equalize 0 - Equalize .8 - | Invert .6 - Equalize 1 - | Color .6 4 Contrast 1 8 |
-        Rotate .8 8 Color 1 2 | Color .8 8 Solarize .8 7 | Sharpness .4 7 Invert .6 - |
-        ShearX .6 5 Equalize 1 - | Color .4 0 Equalize .6 - | Equalize .4 - Solarize .2 4 |
-        Solarize .6 5 AutoContrast .6 - | Invert .6 - Equalize 1 - | Color .6 4 Contrast 1 8 |
-        Equalize .8 - Equalize .6 -""",
-    "cifar10": """
-        Invert .1 - Contrast .2 6 | Rotate .7 2 TranslateX .3 9 | Sharpness .8 1 Sharpness .9 3 |
-        ShearY .5 8 TranslateY .7 9 | AutoContrast .5 - Equalize .9 - | ShearY .2 7 Posterize .3 7 |
-        Color .4 3 Brightness .6 7 | Sharpness .3 9 Brightness .7 9 | Equalize .6 - Equalize .5 - |
-        Contrast .6 7 Sharpness .6 5 | Color .7 7 TranslateX .5 8 | Equalize .3 - AutoContrast .4 - |
-        TranslateY .4 3 Sharpness .2 6 | Brightness .9 6 Color .2 8 | Solarize .5 2 Invert 0 - |
-        Equalize .2 - AutoContrast .6 - | Equalize .2 - Equalize .6 - | Color .9 9 Equalize .6 - |
-        AutoContrast .8 - Solarize .2 8 | Brightness .1 3 Color .7 0 | Solarize .4 5 AutoContrast .9 - |
-        TranslateY .9 9 TranslateY .7 9 | AutoContrast .9 - Solarize .8 3 | Equalize .8 - Invert .1 - |
-        TranslateY .7 9 AutoContrast .9 -""",
-    "svhn": """
-        ShearX .9 4 Invert .2 - | ShearY .9 8 Invert .7 - | Equalize .6 - Solarize .6 6 |
-        Invert .9 - Equalize .6 - | Equalize .6 - Rotate .9 3 | ShearX .9 4 AutoContrast .8 - |
-        ShearY .9 8 Invert .4 - | ShearY .9 5 Solarize .2 6 | Invert .9 - AutoContrast .8 - |
-        Equalize .6 - Rotate .9 3 | ShearX .9 4 Solarize .3 3 | ShearY .8 8 Invert .7 - |
-        Equalize .9 - TranslateY .6 6 | Invert .9 - Equalize .6 - | Contrast .3 3 Rotate .8 4 |
-        Invert .8 - TranslateY 0 2 | ShearY .7 6 Solarize .4 8 | Invert .6 - Rotate .8 4 |
-        ShearY .3 7 TranslateX .9 3 | ShearX .1 6 Invert .6 - | Solarize .7 2 TranslateY .6 7 |
-        ShearY .8 4 Invert .8 - | ShearX .7 9 TranslateY .8 3 | ShearY .8 5 AutoContrast .7 - |
-        ShearX .7 2 Invert .1 -""",
-}
-AUTOAUGMENT_BINS = 10
-
-
-def autoaugment_subpolicies(policy: str) -> list:
-    """The 25 sub-policies of `policy` as [((op, probability, bin or None), (op, probability, bin or None))]."""
-    if policy not in _AUTOAUGMENT_TABLES:
-        raise ConfigError(f"unknown AutoAugment policy {policy!r}: choose one of {', '.join(_AUTOAUGMENT_TABLES)}")
-    subpolicies = []
-    for text in _AUTOAUGMENT_TABLES[policy].split("|"):
-        words = text.split()
-        steps = tuple((words[i], float(words[i + 1]), None if words[i + 2] == "-" else int(words[i + 2]))
-                      for i in (0, 3))
-        subpolicies.append(steps)
-    return subpolicies
+from .ops import OP_INDEX, SpaceTable, apply_slot, space_table
+from .space import (AUTOAUGMENT_BINS, AUTOAUGMENT_SPACE, RANDAUGMENT_SPACE, TRIVIALAUGMENT_SPACE,
+                    autoaugment_subpolicies)
+from .train_transforms import cutout
 
 
 class OpSlot(NamedTuple):
-    """One op per image: `ops` (N,) int64 indices into `ops.OPS`, `magnitudes` (N,) float64 signed values, as
+    """One op per image: `ops` (N,) int64 indices into `space.OPS`, `magnitudes` (N,) float64 signed values, as
     torchvision passes them to the op (e.g. degrees for Rotate, 0.3 for ShearX at full strength)."""
 
     ops: torch.Tensor
@@ -206,3 +161,37 @@ class AutoAugment(BatchPolicy):
             ops = torch.where(applied, table.op_ids[local], OP_INDEX["Identity"])
             slots.append(OpSlot(ops, torch.where(applied, magnitudes, 0.0)))
         return slots
+
+
+_POLICIES = {
+    "randaugment": lambda spec: RandAugment(spec.num_ops, spec.magnitude, spec.num_magnitude_bins,
+                                            spec.magnitude_std),
+    "autoaugment": lambda spec: AutoAugment(spec.autoaugment_policy),
+    "trivialaugment": lambda spec: TrivialAugmentWide(spec.num_magnitude_bins),
+}
+
+
+class BatchAugment:
+    """An `AugmentSpec`'s augmentation: ``BatchAugment(spec)(images, generator)`` runs the spec's policy (if any),
+    then Cutout (if ``spec.cutout > 0``), every image with its own draws.
+
+    `images`: uint8 (N, C, H, W), C = 1 or 3, contiguous, CPU or CUDA; returns a uint8 batch of the same shape.
+    Randomness comes from `generator` alone, which must live on the images' device.
+    """
+
+    def __init__(self, spec: AugmentSpec) -> None:
+        if not isinstance(spec, AugmentSpec):
+            raise TypeError(f"BatchAugment: spec must be an AugmentSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.policy: Optional[BatchPolicy] = _POLICIES[spec.policy](spec) if spec.policy in _POLICIES else None
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        check_inputs(images, generator)
+        if self.policy is not None:
+            images = self.policy(images, generator)
+        if self.spec.cutout > 0:
+            images = cutout(images, self.spec.cutout, generator)
+        return images
+
+    def __repr__(self) -> str:
+        return f"BatchAugment({self.spec!r})"

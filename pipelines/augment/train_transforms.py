@@ -1,25 +1,24 @@
-"""The plain train transforms in batched, per-image form: random-resized-crop, horizontal flip, erasing / Cutout.
+"""The plain train transforms in batched, per-image form: random-resized-crop, horizontal flip, Cutout.
 
 Box samplers return int64 (N, 4) boxes ``(top, left, height, width)`` drawn with the given generator, by the same
-rules as torchvision's ``RandomResizedCrop.get_params`` and ``RandomErasing.get_params`` (all attempts are drawn
-at once and the first valid one is kept). Kernels take the boxes, so the random part can be tested alone.
+rules as torchvision's ``RandomResizedCrop.get_params`` (all attempts are drawn at once and the first valid one is
+kept) and the Cutout paper's. Kernels take the boxes, so the random part can be tested alone.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as nnf
 
 from . import functional as F
 from ..spec import RRC_RATIO, RRC_SCALE
 
-__all__ = ["random_resized_crop_boxes", "resized_crop", "resized_crops", "horizontal_flip", "random_horizontal_flip",
-           "erase", "cutout_boxes", "cutout", "random_erasing_boxes", "random_erasing"]
+__all__ = ["random_resized_crop_boxes", "resized_crop", "horizontal_flip", "random_horizontal_flip",
+           "erase", "cutout_boxes", "cutout"]
 
 Box = Tuple[float, float]
-CANVAS_BYTES = 512 * 2**20   # resized_crops works on groups of crops whose float canvas stays under this
+CANVAS_BYTES = 512 * 2**20   # resized_crop works on groups of crops whose float canvas stays under this
 
 
 def _uniform(shape: tuple, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -64,38 +63,18 @@ def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.
     return torch.stack([top, left, box_h, box_w], dim=1)
 
 
-def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Crop each image to its box and resize it to `size` (h, w) with bilinear interpolation, in one batched
-    ``grid_sample``: the sample positions of ``F.resized_crop(..., antialias=False)`` (half-pixel centres, edges
-    clamped inside the box). No antialiasing: strong downscaling aliases where torchvision's default would blur."""
-    F.check_images(images)
-    n, _, height, width = images.shape
-    out_h, out_w = size
-    boxes = boxes.to(device=images.device, dtype=torch.float64)
-    top, left, box_h, box_w = boxes.unbind(1)
-
-    def axis(start, length, out, full):  # normalized grid coordinates (n, out) along one axis
-        centres = torch.arange(out, dtype=torch.float64, device=images.device) + 0.5
-        source = (centres * (length[:, None] / out) - 0.5).clamp(min=0)
-        source = torch.minimum(source, (length - 1)[:, None]) + start[:, None]
-        return ((2 * source + 1) / full - 1).float()
-
-    ys, xs = axis(top, box_h, out_h, height), axis(left, box_w, out_w, width)
-    grid = torch.stack([xs[:, None, :].expand(n, out_h, out_w), ys[:, :, None].expand(n, out_h, out_w)], dim=-1)
-    pixels = nnf.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return pixels.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _resize_weights(lengths: torch.Tensor, out: int, span: int, antialias: bool) -> torch.Tensor:
-    """(n, out, span) float32 rows that resample each length-`lengths[i]` line to `out` samples: the triangle
-    filter of ``F.interpolate(mode="bilinear", align_corners=False)``, widened by the downscale factor when
-    `antialias` (its antialias=True weights), normalized over the line's pixels (zero beyond them)."""
+def _resize_weights(starts: torch.Tensor, lengths: torch.Tensor, out: int, span: int,
+                    antialias: bool) -> torch.Tensor:
+    """(n, out, span) float32 rows that resample each line's pixels starts[i] .. starts[i] + lengths[i] − 1 to
+    `out` samples: the triangle filter of ``F.interpolate(mode="bilinear", align_corners=False)``, widened by the
+    downscale factor when `antialias` (its antialias=True weights), normalized over those pixels (zero elsewhere)."""
+    starts = starts.to(torch.float64)[:, None, None]
     lengths = lengths.to(torch.float64)[:, None, None]
     scale = lengths / out
     support = scale.clamp(min=1.0) if antialias else torch.ones_like(scale)
     centres = (torch.arange(out, dtype=torch.float64, device=lengths.device)[None, :, None] + 0.5) * scale
-    taps = torch.arange(span, dtype=torch.float64, device=lengths.device)[None, None, :]
-    weights = (1 - ((taps + 0.5 - centres) / support).abs()).clamp_(min=0) * (taps < lengths)
+    taps = torch.arange(span, dtype=torch.float64, device=lengths.device)[None, None, :] - starts
+    weights = (1 - ((taps + 0.5 - centres) / support).abs()).clamp_(min=0) * ((taps >= 0) & (taps < lengths))
     return (weights / weights.sum(dim=2, keepdim=True)).float()
 
 
@@ -110,29 +89,42 @@ def _canvas_groups(boxes: torch.Tensor, channels: int) -> list:
     return groups + [range(first, len(boxes))]
 
 
-def resized_crops(images: Sequence[torch.Tensor], boxes: torch.Tensor, size: Tuple[int, int],
-                  antialias: bool = True) -> torch.Tensor:
-    """Crop each uint8 (C, H_i, W_i) image of a ragged list to its box and resize it to `size` (h, w): the crops
-    padded into one canvas and resampled by two batched matrix products with per-image separable weights.
-    With `antialias` these are torchvision's ``F.resized_crop(..., antialias=True)`` weights (bilinear widened
-    when downscaling), else plain bilinear (``antialias=False``); results agree with torchvision's uint8 kernels
-    to within one grey level (float here, fixed point there)."""
+def _resample(canvas: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int], antialias: bool) -> torch.Tensor:
+    """Each float (C, H, W) canvas of the batch resampled from its box to `size`: two batched matrix products."""
+    boxes = boxes.to(canvas.device)
+    rows = _resize_weights(boxes[:, 0], boxes[:, 2], size[0], canvas.shape[2], antialias)
+    cols = _resize_weights(boxes[:, 1], boxes[:, 3], size[1], canvas.shape[3], antialias)
+    resized = rows[:, None] @ canvas @ cols[:, None].transpose(-1, -2)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resized_crop(images: Union[torch.Tensor, Sequence[torch.Tensor]], boxes: torch.Tensor, size: Tuple[int, int],
+                 antialias: bool = False) -> torch.Tensor:
+    """Crop each uint8 image to its box (top, left, height, width) and resize it to `size` (h, w): a uint8
+    (N, C, h, w) batch from an (N, C, H, W) batch or from a ragged list of (C, H_i, W_i) images (e.g. decoded).
+
+    Separable per-image weights, applied by batched matrix products: with `antialias` torchvision's
+    ``F.resized_crop(..., antialias=True)`` weights (bilinear widened when downscaling), else plain bilinear
+    (``antialias=False``, which aliases when strongly downscaling). Results agree with torchvision's uint8 kernels
+    to within one grey level (float here, fixed point there). A ragged list is cropped into float canvases of at
+    most CANVAS_BYTES each."""
     if len(images) != len(boxes):
-        raise ValueError(f"resized_crops: {len(images)} images but {len(boxes)} boxes")
+        raise ValueError(f"resized_crop: {len(images)} images but {len(boxes)} boxes")
     boxes = boxes.to(torch.int64).cpu()
-    out_h, out_w = size
-    device = images[0].device
+    if isinstance(images, torch.Tensor):
+        F.check_images(images)
+        return _resample(images.float(), boxes, size, antialias)
     results = []
     for group in _canvas_groups(boxes, images[0].shape[0]):
         tallest, widest = int(boxes[group, 2].max()), int(boxes[group, 3].max())
-        canvas = torch.zeros((len(group), images[0].shape[0], tallest, widest), dtype=torch.float32, device=device)
+        canvas = torch.zeros((len(group), images[0].shape[0], tallest, widest), dtype=torch.float32,
+                             device=images[0].device)
         for slot, i in enumerate(group):
             top, left, box_h, box_w = boxes[i].tolist()
             canvas[slot, :, :box_h, :box_w] = images[i][:, top:top + box_h, left:left + box_w]
-        rows = _resize_weights(boxes[group, 2].to(device), out_h, tallest, antialias)
-        cols = _resize_weights(boxes[group, 3].to(device), out_w, widest, antialias)
-        resized = rows[:, None] @ canvas @ cols[:, None].transpose(-1, -2)
-        results.append(resized.round_().clamp_(0, 255).to(torch.uint8))
+        crops = boxes[group].clone()
+        crops[:, :2] = 0
+        results.append(_resample(canvas, crops, size, antialias))
     return torch.cat(results)
 
 
@@ -179,30 +171,3 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator, value: F
     original applied it after normalization, i.e. filled with the dataset mean)."""
     n, _, height, width = images.shape
     return erase(images, cutout_boxes(n, height, width, size, generator), value)
-
-
-def random_erasing_boxes(n: int, height: int, width: int, generator: torch.Generator, p: float = 0.5,
-                         scale: Box = (0.02, 0.33), ratio: Box = (0.3, 3.3), attempts: int = 10) -> torch.Tensor:
-    """Boxes of torchvision's RandomErasing: with probability p, area fraction ~ U(scale) and log aspect
-    (height/width) ~ U(log ratio), up to `attempts` tries for a box strictly smaller than the image; an image not
-    erased gets an empty box."""
-    area = height * width
-    targets = area * _uniform((n, attempts), scale[0], scale[1], generator)
-    aspects = torch.exp(_uniform((n, attempts), math.log(ratio[0]), math.log(ratio[1]), generator))
-    heights = torch.sqrt(targets * aspects).round().long()
-    widths = torch.sqrt(targets / aspects).round().long()
-    found, first = _first_valid((heights < height) & (widths < width))
-    applied = torch.rand(n, generator=generator, device=generator.device) < p
-    keep = found & applied
-    box_h = torch.where(keep, heights.gather(1, first[:, None]).squeeze(1), 0)
-    box_w = torch.where(keep, widths.gather(1, first[:, None]).squeeze(1), 0)
-    top = torch.where(keep, _random_offsets(height - box_h, generator), 0)
-    left = torch.where(keep, _random_offsets(width - box_w, generator), 0)
-    return torch.stack([top, left, box_h, box_w], dim=1)
-
-
-def random_erasing(images: torch.Tensor, generator: torch.Generator, p: float = 0.5, scale: Box = (0.02, 0.33),
-                   ratio: Box = (0.3, 3.3), value: F.Fill = 0) -> torch.Tensor:
-    """RandomErasing per image with probability `p`, filling the box with `value`."""
-    n, _, height, width = images.shape
-    return erase(images, random_erasing_boxes(n, height, width, generator, p, scale, ratio), value)

@@ -1,47 +1,32 @@
-"""torchvision v2's augmentation space as a DALI auto_aug suite, and the policies (RandAugment, AutoAugment,
-TrivialAugment, jittered RandAugment, cutout) applied over it inside a DALI graph."""
+"""`pipelines.augment.space` (torchvision v2's augmentation space) as a DALI auto_aug suite, and the policies
+(RandAugment, AutoAugment, TrivialAugment, jittered RandAugment, cutout) applied over it inside a DALI graph.
+
+The op set, ranges, signs, bins and AutoAugment sub-policies all come from `space`; this module only writes
+torchvision's kernels as DALI operators."""
 from __future__ import annotations
 
 import math
 from typing import Callable, Dict, Optional
 
 import numpy as np
-import torch
 from nvidia.dali import fn, types
 import nvidia.dali.math as dmath
 from nvidia.dali.auto_aug.auto_augment import apply_auto_augment
 from nvidia.dali.auto_aug.core import Policy, augmentation, select, signed_bin
 from nvidia.dali.auto_aug.rand_augment import apply_rand_augment
 from nvidia.dali.auto_aug.trivial_augment import apply_trivial_augment
-from torchvision.transforms import v2
 
+from ..augment import space
+from ..augment.space import MagnitudeRange
 from ..spec import AugmentSpec
 
-# ---------------------------------------------------------------- torchvision v2's augmentation space
-RANDAUGMENT_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-                   "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
-AUTOAUGMENT_BINS = 10  # torchvision's AutoAugment indexes magnitudes_fn(10, h, w)
-SIGNED_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
-              "Sharpness")
-_LINEAR_MAX = {  # op: (maximum of linspace(0, max) for RandAugment/AutoAugment, for TrivialAugmentWide)
-    "ShearX": (0.3, 0.99), "ShearY": (0.3, 0.99), "Rotate": (30.0, 135.0), "Brightness": (0.9, 0.99),
-    "Color": (0.9, 0.99), "Contrast": (0.9, 0.99), "Sharpness": (0.9, 0.99)}
 
-
-def magnitude_table(op: str, num_bins: int, height: int, width: int, wide: bool) -> Optional[np.ndarray]:
-    """torchvision v2's magnitudes of `op` per bin (unsigned), computed as torchvision computes them."""
-    if op in _LINEAR_MAX:
-        values = torch.linspace(0.0, _LINEAR_MAX[op][wide], num_bins)
-    elif op in ("TranslateX", "TranslateY"):
-        side = width if op == "TranslateX" else height
-        values = torch.linspace(0.0, 32.0 if wide else 150.0 / 331.0 * side, num_bins)
-    elif op == "Posterize":
-        values = (8 - (torch.arange(num_bins) / ((num_bins - 1) / (6 if wide else 4)))).round().int()
-    elif op == "Solarize":
-        values = torch.linspace(1.0, 0.0, num_bins)
-    else:
+# ---------------------------------------------------------------- the space as DALI magnitude ranges
+def magnitude_table(magnitudes: MagnitudeRange, num_bins: int, height: int, width: int) -> Optional[np.ndarray]:
+    """An op's unsigned magnitudes per bin as DALI's ``mag_range`` (float32; None for an op without magnitude)."""
+    if not magnitudes.has_magnitude:
         return None
-    return values.numpy()
+    return magnitudes.values(num_bins, height, width).float().numpy()
 
 
 # ---------------------------------------------------------------- torchvision's ops as DALI kernels (HWC uint8)
@@ -165,8 +150,8 @@ def _invert(data, _):
 
 def torchvision_suite(spec: AugmentSpec, height: int, width: int, channels: int) -> Dict[str, object]:
     """torchvision v2's ops as DALI auto_aug augmentations for `spec`'s policy on HxWxC images, keyed by name."""
-    wide = spec.policy == "trivialaugment"
-    bins = AUTOAUGMENT_BINS if spec.policy == "autoaugment" else spec.num_magnitude_bins
+    ranges = space.POLICY_SPACES.get(spec.policy, {})  # policy "none": a suite that is never applied
+    bins = space.magnitude_bins(spec.policy, spec.num_magnitude_bins)
     degenerate = height <= 2 or width <= 2
     kernels = {"Identity": (_identity, None), "Brightness": (_brightness, lambda m: np.float32(1.0 + float(m))),
                "Color": ((_color if channels == 3 else _identity), _blend_params),
@@ -179,35 +164,36 @@ def torchvision_suite(spec: AugmentSpec, height: int, width: int, channels: int)
     for op in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
         kernels[op] = (_warp, _affine_params(op, height, width))
     suite = {}
-    for name, (kernel, to_param) in kernels.items():
-        table = magnitude_table(name, bins, height, width, wide)
-        suite[name] = augmentation(kernel, mag_range=table, randomly_negate=name in SIGNED_OPS,
-                                   mag_to_param=to_param, name=name,
+    for name in space.OPS:
+        kernel, to_param = kernels[name]
+        magnitudes = ranges.get(name, MagnitudeRange())  # an op outside the policy's space: no magnitude
+        suite[name] = augmentation(kernel, mag_range=magnitude_table(magnitudes, bins, height, width),
+                                   randomly_negate=magnitudes.signed, mag_to_param=to_param, name=name,
                                    param_device="cpu" if kernel is _warp else "auto")
     return suite
 
 
 # ---------------------------------------------------------------- policies over a suite
-def torchvision_autoaugment_policy(name: str, suite: Dict[str, object]) -> Policy:
-    """torchvision's AutoAugment sub-policies (its own table) over `suite`; never-applied (p=0) steps dropped."""
-    table = v2.AutoAugment(v2.AutoAugmentPolicy(name))._policies
-    sub_policies = [[(suite[op], p, bin_) for op, p, bin_ in steps if p > 0] for steps in table]
-    return Policy(f"torchvision-{name}", AUTOAUGMENT_BINS, sub_policies)
+def autoaugment_policy(name: str, suite: Dict[str, object]) -> Policy:
+    """AutoAugment's sub-policies `name` (from `space`) over `suite`; never-applied (p=0) steps dropped."""
+    sub_policies = [[(suite[op], p, bin_) for op, p, bin_ in steps if p > 0]
+                    for steps in space.autoaugment_subpolicies(name)]
+    return Policy(f"torchvision-{name}", space.AUTOAUGMENT_BINS, sub_policies)
 
 
 def apply_policy(images, spec: AugmentSpec, suite: Dict[str, object]):
     """`spec`'s policy over `suite` (torchvision_suite, or any suite with the same names) on a HWC uint8 batch."""
     if spec.policy == "randaugment":
-        ops = [suite[name] for name in RANDAUGMENT_OPS]
+        ops = [suite[name] for name in space.RANDAUGMENT_SPACE]
         if spec.magnitude_std == 0:
             return apply_rand_augment(ops, images, spec.num_ops, spec.magnitude,
                                       num_magnitude_bins=spec.num_magnitude_bins)
         return _rand_augment_jittered(ops, images, spec)
     if spec.policy == "trivialaugment":
-        return apply_trivial_augment([suite[name] for name in RANDAUGMENT_OPS], images,
+        return apply_trivial_augment([suite[name] for name in space.TRIVIALAUGMENT_SPACE], images,
                                      num_magnitude_bins=spec.num_magnitude_bins)
     if spec.policy == "autoaugment":
-        return apply_auto_augment(torchvision_autoaugment_policy(spec.autoaugment_policy, suite), images)
+        return apply_auto_augment(autoaugment_policy(spec.autoaugment_policy, suite), images)
     return images
 
 
