@@ -1,6 +1,7 @@
 """The `rkd` command line. Bad input ends in one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
+import re
 import sys
 
 import click
@@ -15,20 +16,20 @@ from .commands.sweep import sweep_command
 from .commands.training import distill_command, train_teacher_command
 
 
-# pipelines' errors name the library's parameters; on the command line the user knows them as these flags.
-_FLAGS_OF_PARAMETERS = (("force=True", "--force"), ("on_bad_file='skip'", "--on-bad-file skip"),
-                        ("backend='ffcv'", "--loader ffcv"), ("convert_to_beton(SOURCE, ", "rkd convert SOURCE "),
-                        ("convert_to_beton with ", "rkd convert "), ("write_mode ", "--write-mode "),
-                        ("max_resolution", "--max-resolution"), ("jpeg_quality", "--jpeg-quality"),
-                        ("image_size=", "--image-size "), ("image_size ", "--image-size "))
+# pipelines' errors name the library's parameters; on the command line the user knows them as these flags
+# (regular expressions and their replacements).
+_FLAGS_OF_PARAMETERS = ((r"^source: ", "--data: "), (r"force=True", "--force"),
+                        (r"on_bad_file='skip'", "--on-bad-file skip"), (r"backend='ffcv'", "--loader ffcv"),
+                        (r"convert_to_beton\(SOURCE, (.*?)\)", r"rkd convert SOURCE \1"),
+                        (r"convert_to_beton with ", "rkd convert "), (r"write_mode ", "--write-mode "),
+                        (r"max_resolution", "--max-resolution"), (r"jpeg_quality", "--jpeg-quality"),
+                        (r"image_size[= ]", "--image-size "))
 
 
 def in_flags(message: str) -> str:
     """A pipelines error message with its parameters named by the CLI's flags (`source` is --data)."""
-    if message.startswith("source: "):
-        message = "--data: " + message[len("source: "):]
     for parameter, flag in _FLAGS_OF_PARAMETERS:
-        message = message.replace(parameter, flag)
+        message = re.sub(parameter, flag, message)
     return message
 
 

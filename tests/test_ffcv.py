@@ -255,7 +255,7 @@ def test_convert_command(fmnist_dir, tmp_path):
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 def test_missing_beton(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist; create it with `rkd convert"):
+    with pytest.raises(ConfigError, match=r"does not exist; create it with convert_to_beton\(SOURCE, "):
         FFCVLoader(tmp_path / "nope.beton", split="train", batch_size=4)
 
 

@@ -175,7 +175,6 @@ class DALILoader(LoaderCore):
         self.prefetch_queue_depth = prefetch_queue_depth
         self._declarer: Optional[ThreadPoolExecutor] = None
         self._ahead: Optional[tuple] = None  # (epoch, future pipeline) declared in the background
-        self.array_crop_scale = augment.array_crop_scale
         self.graph_augment = augment if augment.enabled and augment_backend == "dali" else None
         slow_graph = self.graph_augment is not None
         self.declare_ahead = slow_graph and self.device.type == "cuda" if declare_ahead is None else declare_ahead
@@ -202,7 +201,7 @@ class DALILoader(LoaderCore):
         else:
             arrays = (self.arrays[batch] for batch in batches)
             reader = lambda: _array_images(arrays, self.train, self.image_size,  # noqa: E731
-                                           self.source.native_size, cuda, self.array_crop_scale)
+                                           self.source.native_size, cuda, self.augment.array_crop_scale)
         graph = pipeline_def(_graph, enable_conditionals=self.graph_augment is not None)
         pipe = graph(reader=reader, train=self.train, augment=self.graph_augment, channels=self.source.channels,
                      size=self.image_size, batch_size=self.batch_size, num_threads=self.num_threads,

@@ -129,7 +129,6 @@ class FFCVLoader(LoaderCore):
         super().__init__(opened, split=split, batch_size=batch_size, image_size=image_size, augment=augment,
                          device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
                          stage_augment=augment)
-        self.array_crop_scale = augment.array_crop_scale
         self.num_workers = num_workers if num_workers and num_workers > 0 else len(os.sched_getaffinity(0))
         apply_ffcv_fixes()
         self._loader = self._build_loader(order if self.train else "random", os_cache, batches_ahead)
@@ -167,7 +166,7 @@ class FFCVLoader(LoaderCore):
     def _array_batch(self, images: torch.Tensor, epoch: int, batch_index: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank, batch_index))
         return array_batch_transform(images[:, :self.info.channels], self.image_size, self.train, generator,
-                                     self.array_crop_scale)
+                                     self.augment.array_crop_scale)
 
     def _produce(self, epoch: int, start: int) -> Iterator:
         batches = self._loader.epoch_iterator(epoch, start)
