@@ -1,6 +1,7 @@
 """The `rkd` command line. Bad input ends in one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
+import re
 import sys
 
 import click
@@ -13,6 +14,23 @@ from .commands.convert import convert_command
 from .commands.photos import make_jpeg_dataset_command, make_photo_tree_command
 from .commands.sweep import sweep_command
 from .commands.training import distill_command, train_teacher_command
+
+
+# pipelines' errors name the library's parameters; on the command line the user knows them as these flags
+# (regular expressions and their replacements).
+_FLAGS_OF_PARAMETERS = ((r"^source: ", "--data: "), (r"force=True", "--force"),
+                        (r"on_bad_file='skip'", "--on-bad-file skip"), (r"backend='ffcv'", "--loader ffcv"),
+                        (r"convert_to_beton\(SOURCE, (.*?)\)", r"rkd convert SOURCE \1"),
+                        (r"convert_to_beton with ", "rkd convert "), (r"write_mode ", "--write-mode "),
+                        (r"max_resolution", "--max-resolution"), (r"jpeg_quality", "--jpeg-quality"),
+                        (r"image_size[= ]", "--image-size "))
+
+
+def in_flags(message: str) -> str:
+    """A pipelines error message with its parameters named by the CLI's flags (`source` is --data)."""
+    for parameter, flag in _FLAGS_OF_PARAMETERS:
+        message = re.sub(parameter, flag, message)
+    return message
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -42,7 +60,7 @@ def main(argv=None) -> None:
         click.echo(f"error: {err.format_message()}{hint}", err=True)
         sys.exit(err.exit_code)
     except ConfigError as err:
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {in_flags(str(err))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted; continue the run with --resume", err=True)

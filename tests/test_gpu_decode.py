@@ -30,7 +30,7 @@ def ragged_tree(tmp_path_factory):
 def uint8_batches(loader):
     """The loader's uint8 batches before the device stage, for epoch 0 (batch path decoded on its device)."""
     batches = []
-    for batch_index, indices in enumerate(loader._batches()):
+    for batch_index, indices in enumerate(loader.epoch_batches()):
         images, _labels = loader.dataset[(0, batch_index, indices)]
         if loader.decode_device is not None:
             images = decode_crop_flip(*images, size=loader.image_size, device=loader.decode_device)
