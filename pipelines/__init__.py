@@ -21,6 +21,17 @@ _INSTALL_HINT = {"ffcv": "pip install 'rkd[ffcv]' (needs libturbojpeg0-dev, libo
 __all__ = ["AugmentSpec", "ArraySource", "BACKENDS", "ConfigError", "EmptyEpochError", "FileSource", "ON_BAD_FILE", "POLICIES",
            "AUTOAUGMENT_POLICIES", "Source", "build_loader", "open_source"]
 
+# What rkd (and any user) relies on beyond build_loader, each documented where it is defined:
+# take (a Source's subset), detect_format / resolve_path (what a source spec names), CACHE_ENV / cache_home (the
+# cache folder), build_photo_tree / plan_jpeg_dataset / write_jpeg_dataset (JPEG trees for tests and studies).
+from .cache import CACHE_ENV, cache_home  # noqa: E402
+from .jpeg_dataset import plan_jpeg_dataset, write_jpeg_dataset  # noqa: E402
+from .photo_tree import build_photo_tree  # noqa: E402
+from .sources import detect_format, take  # noqa: E402
+
+__all__ += ["CACHE_ENV", "build_photo_tree", "cache_home", "detect_format", "plan_jpeg_dataset", "resolve_path", "take",
+            "write_jpeg_dataset"]
+
 
 def build_loader(backend: str, source: Union[str, Path, Source], *, split: str, batch_size: int,
                  image_size: Optional[int] = None, augment: AugmentSpec = AugmentSpec(), device="cpu",
