@@ -9,6 +9,7 @@ import torch
 
 import pipelines
 
+from .defaults import DEFAULT_NUM_TEACHERS
 from .errors import ConfigError
 
 KD_MODES = ("per-teacher", "mean-probs", "logit-mse")
@@ -86,6 +87,11 @@ class KDOptions:
         return cls(**{**KD_PRESETS[name], **overrides})
 
     @property
+    def fused(self) -> Optional[bool]:
+        """The fusion as the teacher ensemble's `fused` argument: True, False, or None (by device)."""
+        return None if self.fusion == "auto" else self.fusion == "fused"
+
+    @property
     def loss_name(self) -> str:
         """The preset these settings equal (at the default temperature), else e.g. 'mean-probs-a0.5-T4'."""
         for name, preset in KD_PRESETS.items():
@@ -100,7 +106,7 @@ class TeacherOptions:
     are none the dataset's default ensemble of `count` × `arch` trained `epochs` epochs (trained on first use)."""
 
     specs: tuple = ()
-    count: int = 2
+    count: int = DEFAULT_NUM_TEACHERS
     arch: str = "resnet14"
     epochs: int = 2
 

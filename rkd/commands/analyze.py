@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+import kernels
+
 from ..study.analyze import AnalyzeOptions, analyze
 from ..measure.attention import CAM_MODES
 from ..config import DataOptions, JobOptions, OptimConfig
@@ -45,7 +47,7 @@ def default_models(data: DataOptions, facts: DatasetFacts, runs_dir: str) -> tup
               help="Mask thresholds after min-max normalization (repeat).")
 @click.option("--cam", "cam_mode", type=click.Choice(CAM_MODES), default="agnostic", show_default=True,
               help="Class-agnostic CAM (sum over classes, the paper) or the target / predicted class's.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "numba", "triton"]), default="auto",
+@click.option("--backend", type=click.Choice(kernels.BACKENDS), default="auto",
               show_default=True, help="Attention-IoU kernel.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", type=WritableFolder(Path), default=None,

@@ -71,8 +71,7 @@ def distill(options: JobOptions, facts: DatasetFacts, teacher_paths: Sequence[Pa
     context: JobContext = start_job(options, facts, distill_run_name(options, facts.kind))
     ensemble, described = load_ensemble(teacher_paths, context.device, num_classes=context.facts.num_classes,
                                         in_chans=context.facts.in_chans, image_size=context.facts.image_size,
-                                        bn_mode=kd.teacher_bn, fused=None if kd.fusion == "auto" else kd.fusion == "fused",
-                                        compile=kd.compile)
+                                        bn_mode=kd.teacher_bn, fused=kd.fused, compile=kd.compile)
     test_loader, train_eval = eval_loaders(options.data, context.facts, context.device)
     weights = [linear_head_weight(t) for t in ensemble.teachers]
     if context.dist.is_main:

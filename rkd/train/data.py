@@ -2,6 +2,7 @@
 with its options, deterministic evaluation loaders, and a cheap size summary of the data."""
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,15 @@ def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device
     return loader(pipelines.open_source(data, "test", options.on_bad_file)), loader(train)
 
 
+@functools.lru_cache(maxsize=8)
+def _size_of(path: Path) -> tuple:
+    """(file count, total bytes) of a file or a folder tree; once per process (a sweep starts many jobs)."""
+    files = [path] if path.is_file() else [Path(root) / name for root, _, names in os.walk(path) for name in names]
+    return len(files), sum(f.stat().st_size for f in files)
+
+
 def data_summary(options: DataOptions) -> dict:
     """A cheap fingerprint of the data: its resolved path, file count and total bytes (sizes, not contents)."""
-    path = pipelines.resolve_path(options.data)
-    files = [path] if path.is_file() else [Path(root) / name for root, _, names in os.walk(path) for name in names]
-    return {"path": str(path.resolve()), "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+    path = pipelines.resolve_path(options.data).resolve()
+    files, size = _size_of(path)
+    return {"path": str(path), "files": files, "bytes": size}

@@ -12,8 +12,9 @@ from typing import Optional
 from . import run_lock
 from ..errors import RkdError
 
-VERSIONED = {"torch": ("torch",), "torchvision": ("torchvision",), "timm": ("timm",), "ffcv": ("ffcv",), "rkd": ("rkd",),
-             "dali": ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali")}
+# config.json's library versions: {name: the distributions that may provide it, first installed wins}
+VERSIONED = {"torch": ("torch",), "torchvision": ("torchvision",), "timm": ("timm",), "ffcv": ("ffcv",),
+             "rkd": ("rkd",), "dali": ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali")}
 # config.json parts that do not change what a resumed run computes: where it is, how it reports, what ran it
 RESUME_IGNORED = ("resume", "name", "runs_dir", "progress", "data.workers", "environment")
 
@@ -51,11 +52,13 @@ def first_difference(saved, current, path: str = "") -> Optional[str]:
     if path in RESUME_IGNORED:
         return None
     if isinstance(saved, dict) and isinstance(current, dict):
-        for key in sorted(saved):
-            found = first_difference(saved[key], current.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
+        parts = [(f"{path}.{key}" if path else key, value, current.get(key)) for key, value in sorted(saved.items())]
+    elif isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        parts = [(f"{path}.{i}", value, other) for i, (value, other) in enumerate(zip(saved, current))]
+    else:
+        parts = None
+    if parts is not None:
+        return next(filter(None, (first_difference(value, other, where) for where, value, other in parts)), None)
     if saved != current:
         return f"{path} (saved {json.dumps(saved)[:60]}, now {json.dumps(current)[:60]})"
     return None
