@@ -47,6 +47,17 @@ _PACKAGE = {"torch": "torch", "ffcv": "ffcv", "dali": "nvidia.dali"}
 __all__ = ["AugmentSpec", "ArraySource", "BACKENDS", "backend_available", "backend_options", "ConfigError", "EmptyEpochError", "FileSource", "ON_BAD_FILE", "POLICIES",
            "AUTOAUGMENT_POLICIES", "Source", "build_loader", "open_source"]
 
+# What rkd (and any user) relies on beyond build_loader, each documented where it is defined:
+# take (a Source's subset), detect_format / resolve_path (what a source spec names), CACHE_ENV / cache_home (the
+# cache folder), build_photo_tree / plan_jpeg_dataset / write_jpeg_dataset (JPEG trees for tests and studies).
+from .cache import CACHE_ENV, cache_home  # noqa: E402
+from .jpeg_dataset import plan_jpeg_dataset, write_jpeg_dataset  # noqa: E402
+from .photo_tree import build_photo_tree  # noqa: E402
+from .sources import detect_format, take  # noqa: E402
+
+__all__ += ["CACHE_ENV", "build_photo_tree", "cache_home", "detect_format", "plan_jpeg_dataset", "resolve_path", "take",
+            "write_jpeg_dataset"]
+
 
 def backend_available(backend: str) -> bool:
     """True when the package `backend` needs is installed (torch always is)."""

@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from pipelines.errors import ConfigError
-
+from .errors import ConfigError
 from .train import run_lock
 from .commands.analyze import analyze_command
 from .commands.convert import convert_command

@@ -1,5 +1,5 @@
 """Errors the command line reports as one line (no traceback)."""
-from pipelines.errors import ConfigError
+from pipelines import ConfigError
 
 __all__ = ["ConfigError", "RkdError"]
 

@@ -1,4 +1,5 @@
 """`rkd sweep`: verdict rules on synthetic data, and a tiny real sweep that resumes without recomputing."""
+import hashlib
 import json
 import math
 import os
@@ -91,7 +92,7 @@ def test_definitions_side_by_side_flag_disagreeing_trends():
 def test_overfit_regime_presets_and_flags_override(fmnist_dir, tmp_path, monkeypatch):
     from rkd.commands import sweep as command
     seen = {}
-    monkeypatch.setattr(command, "run_sweep", lambda job, sweep, folder, runner: seen.update(
+    monkeypatch.setattr(command, "run_sweep", lambda job, facts, sweep, folder, runner: seen.update(
         job=job, sweep=sweep, folder=folder) or SweepResult(points=[{}], failed={}))
     monkeypatch.setattr(command, "write_outputs", lambda points, folder, description: description)
     main(["sweep", "--data", str(fmnist_dir), "--regime", "overfit", "--device", "cpu", "--runs-dir", str(tmp_path)])
@@ -183,3 +184,33 @@ def test_sweep_status_shows_done_running_failed_and_left(fmnist_dir, tmp_path, c
     main(sweep_argv(fmnist_dir, tmp_path) + ["--status"])   # the sweep's driver ended: nothing runs any more
     lines = capsys.readouterr().out.splitlines()
     assert "5 points, 1 done, 0 running, 1 failed, 3 left" in lines[0] and "interrupted: b-train/analysis" in lines[2]
+
+
+class _StopAfterConfig(Exception):
+    """Raised in place of loading the teachers: the run directory and its config.json exist by then."""
+
+
+@pytest.mark.parametrize("flags,alpha,mode", [((), 0.6, "per-teacher"), (("--kd-loss", "pure-kd"), 0.0, "per-teacher"),
+                                              (("--kd-loss", "logit-mse"), 0.0, "logit-mse"),
+                                              (("--kd-mode", "mean-probs", "--alpha", "0.3"), 0.3, "mean-probs")])
+def test_sweep_point_distill_config_records_alpha_and_kd_mode(fmnist_dir, tmp_path, monkeypatch, capsys, flags, alpha,
+                                                              mode):
+    """The regression of issue 14: a sweep point's distill run recorded neither alpha nor the KD mode. The teachers
+    are stand-in files (recorded with their sha256) and the distillation stops once its run directory is open."""
+    from rkd.kd import distill as distill_module
+    from rkd.study import sweep as sweep_module
+
+    teachers = [tmp_path / f"teacher{i}.pt" for i in range(2)]
+    for i, teacher in enumerate(teachers):
+        teacher.write_bytes(b"teacher %d" % i)
+    monkeypatch.setattr(sweep_module, "default_teachers", lambda job, facts, options: teachers)
+    monkeypatch.setattr(sweep_module, "train_control", lambda *args: {})
+    monkeypatch.setattr(distill_module, "load_ensemble", lambda *args, **kwargs: (_ for _ in ()).throw(
+        _StopAfterConfig()))
+    with pytest.raises(SystemExit):   # the point's distillation fails (twice: it is retried), so the sweep does
+        main(["sweep", "--data", str(fmnist_dir), "--magnitudes", "5", "--seeds", "1", "--epochs", "1",
+              "--runs-dir", str(tmp_path), "--name", "s", "--no-progress", "--device", "cpu", *flags])
+    config = json.loads((tmp_path / "s" / "distill-tdefault-m5-s1" / "config.json").read_text())
+    assert config["kd"]["alpha"] == alpha and config["kd"]["mode"] == mode and config["kd"]["temperature"] == 3.0
+    assert config["data"]["augment"]["magnitude"] == 5 and config["seed"] == 1
+    assert [t["sha256"] for t in config["teachers"]] == [hashlib.sha256(t.read_bytes()).hexdigest() for t in teachers]

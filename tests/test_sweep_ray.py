@@ -100,12 +100,12 @@ def metrics_stub(*args):
 
 
 def test_a_failing_point_is_reported_and_the_report_covers_the_rest(fmnist_dir, tmp_path, capsys, monkeypatch):
-    def distill_student(job, sweep, folder, point, teachers):
+    def distill_student(job, facts, folder, point, teachers):
         if point.magnitude == 9:
             raise RuntimeError("loss is nan")
         return metrics_stub()
 
-    monkeypatch.setattr(rkd.study.sweep, "teacher_sets", lambda job, sweep, folder: {"default": []})
+    monkeypatch.setattr(rkd.study.sweep, "teacher_sets", lambda job, facts, sweep, folder: {"default": []})
     monkeypatch.setattr(rkd.study.sweep, "distill_student", distill_student)
     monkeypatch.setattr(rkd.study.sweep, "train_control", metrics_stub)
     monkeypatch.setattr(rkd.study.sweep, "measure", metrics_stub)

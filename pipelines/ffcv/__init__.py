@@ -12,3 +12,15 @@ OPTIONS = {
     "jpeg_quality": "JPEG quality 1..100 of images a converted source re-encodes (default 90)",
     "cache_dir": "folder of converted sources (default: the pipelines cache, $RKD_CACHE_DIR/beton)",
 }
+
+# The public conversion API, imported on first use (importing FFCV is what listing OPTIONS must not need).
+_BETON_API = ("convert_to_beton", "read_beton", "recorded_source")
+__all__ = ["OPTIONS", *_BETON_API]
+
+
+def __getattr__(name: str):
+    """`pipelines.ffcv.convert_to_beton` and friends, from beton.py, imported when first asked for."""
+    if name in _BETON_API:
+        from . import beton
+        return getattr(beton, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.errors import ConfigError
+from ..errors import ConfigError
 
 from .validate import WritableFile
 
@@ -27,7 +27,7 @@ def convert_command(source, out, split, max_resolution, write_mode, jpeg_quality
                     force) -> None:
     """Convert SOURCE (fashion-mnist, a dataset folder) to the FFCV file OUT (.beton) for --loader ffcv."""
     try:
-        from pipelines.ffcv.beton import convert_to_beton
+        from pipelines.ffcv import convert_to_beton
     except ImportError as err:
         raise ConfigError(f"rkd convert needs the ffcv package ({err.name} is missing): pip install 'rkd[ffcv]' "
                           "(needs libturbojpeg0-dev, libopencv-dev, pkg-config; see `make setup`)") from None

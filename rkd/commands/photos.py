@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from pipelines.jpeg_dataset import plan_jpeg_dataset, write_jpeg_dataset
-from pipelines.photo_tree import build_photo_tree
+from pipelines import build_photo_tree, plan_jpeg_dataset, write_jpeg_dataset
 
 from .validate import WritableFolder
 

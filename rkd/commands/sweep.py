@@ -8,14 +8,14 @@ import torch
 from click.core import ParameterSource
 
 from ..train import run_lock
-from ..defaults import DEFAULT_NUM_TEACHERS
 from ..train.distributed import resolve_device
-from ..study.sweep import KD_LOSSES, SweepOptions, grid, plan_entries, run_sweep, sweep_folder
+from ..study.sweep import SweepOptions, grid, plan_entries, run_sweep, sweep_folder
 from ..study.executors import EXECUTORS, make_executor
 from ..study.status import describe, read_plan
 from ..study.report import write_outputs
 from .multi_value import ManyValues
-from .options import build_job_options, check_arch, data_options, model_options
+from .options import (Flags, build_job_options, build_kd_options, build_teacher_options, data_options, kd_options,
+                      model_options, teacher_options)
 
 CPU_SWEEP_EPOCHS = 6         # the default sweep's cut to fit 30 minutes on 2 CPU cores
 CPU_SWEEP_TRAIN_IMAGES = 5000
@@ -40,15 +40,12 @@ REGIMES = {"default": {}, "overfit": dict(train_images=500, epochs=15, batch_siz
 @click.option("--teacher-magnitudes", cls=ManyValues, default=None,
               help="Also train teacher ensembles at these magnitudes (the paper's weak/strong teachers) "
                    "[the default un-augmented ensemble].")
-@click.option("--kd-loss", type=click.Choice(list(KD_LOSSES)), default="kd", show_default=True,
-              help="kd: the paper's (α=0.6, T=3); pure-kd: α=0; logit-mse: MSE on logits (towards matching).")
 @click.option("--train-images", type=click.IntRange(0), default=None,
               help=f"Student training images per run, 0 = the whole train split [{CPU_SWEEP_TRAIN_IMAGES} on the CPU, "
                    "all on a GPU].")
 @click.option("--analysis-images", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--num-teachers", type=click.IntRange(1), default=DEFAULT_NUM_TEACHERS, show_default=True)
-@click.option("--teacher-arch", default=None, help="Teachers' architecture [dataset default].")
-@click.option("--teacher-epochs", type=click.IntRange(1), default=None, help="Teachers' epochs [dataset default].")
+@teacher_options
+@kd_options
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default="sequential", show_default=True,
               help="sequential: one job after the other in this process; ray: each job a Ray task (one GPU each "
                    "where the cluster has GPUs), run in parallel (pip install 'rkd[ray]').")
@@ -60,9 +57,8 @@ REGIMES = {"default": {}, "overfit": dict(train_images=500, epochs=15, batch_siz
                    "CPU results depend on it, so executors agree at the same value [this process's torch threads].")
 @click.option("--status", "show_status", is_flag=True,
               help="Show which points of the sweep folder are done, running, failed and left, then exit.")
-def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, kd_loss, train_images, analysis_images,
-                  num_teachers, teacher_arch, teacher_epochs, executor, ray_address, cpus_per_point, show_status,
-                  **kw) -> None:
+def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, train_images, analysis_images, executor,
+                  ray_address, cpus_per_point, show_status, **kw) -> None:
     """The paper's study over augmentation magnitudes: per magnitude and seed, a distilled student, a
     cross-entropy control, attention IoU and fidelity; a table, plots and a report of which claims hold.
     Resumable: finished runs are reused. Its jobs run one after the other, or as Ray tasks in parallel
@@ -75,13 +71,12 @@ def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, kd_loss, 
               if context.get_parameter_source(key) != ParameterSource.COMMANDLINE}
     magnitudes, seeds = preset.get("magnitudes", magnitudes), preset.get("seeds", seeds)
     train_images = preset.get("train_images", train_images)
-    kw["epochs"], kw["batch_size"] = kw["epochs"] or preset.get("epochs"), kw["batch_size"] or preset.get("batch_size")
-    on_cpu = resolve_device(kw["device"]).type == "cpu"
-    if on_cpu:
-        kw["epochs"] = kw["epochs"] or CPU_SWEEP_EPOCHS
+    epochs, batch_size = kw["epochs"] or preset.get("epochs"), kw["batch_size"] or preset.get("batch_size")
+    if resolve_device(kw["device"]).type == "cpu":
+        epochs = epochs or CPU_SWEEP_EPOCHS
         train_images = CPU_SWEEP_TRAIN_IMAGES if train_images is None else train_images
-    kw.update(seed=seeds[0], name=None, resume=True)
-    job, defaults = build_job_options(kw, default_policy="randaugment")
+    flags = Flags(kw, epochs=epochs, batch_size=batch_size, seed=seeds[0], name=None, resume=True)
+    job, facts, defaults = build_job_options(flags, default_policy="randaugment", kd=build_kd_options(flags))
     job = replace(job, data=replace(job.data, train_images=train_images or None))
     for magnitude in (*magnitudes, *(teacher_magnitudes or ())):
         if not 0 <= magnitude < job.data.augment.num_magnitude_bins:
@@ -90,11 +85,9 @@ def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, kd_loss, 
     if min(seeds) < 0:
         raise click.BadParameter(f"seed {min(seeds)} is negative; use seeds >= 0", param_hint="--seeds")
     sweep = SweepOptions(magnitudes=tuple(magnitudes), seeds=tuple(seeds),
-                         teacher_magnitudes=tuple(teacher_magnitudes or ()), kd_loss=kd_loss,
-                         analysis_images=analysis_images, num_teachers=num_teachers,
-                         teacher_arch=check_arch(teacher_arch or defaults["teacher_arch"], "--teacher-arch"),
-                         teacher_epochs=teacher_epochs or defaults["teacher_epochs"], regime=regime)
-    folder = sweep_folder(job.runs_dir, name, job, sweep)
+                         teacher_magnitudes=tuple(teacher_magnitudes or ()), analysis_images=analysis_images,
+                         teachers=build_teacher_options(flags, defaults), regime=regime)
+    folder = sweep_folder(job.runs_dir, name, job, facts.kind, sweep)
     if show_status:
         click.echo(describe(folder, read_plan(folder) or {"points": plan_entries(grid(sweep))}))
         return
@@ -103,7 +96,7 @@ def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, kd_loss, 
         raise click.BadParameter("Ray gives every task its own GPU: use auto, cuda or cpu", param_hint="--device")
     runner = make_executor(executor, cpus_per_point or torch.get_num_threads(), ray_address,
                            use_gpus=job.device != "cpu")
-    result = run_sweep(job, sweep, folder, runner)
+    result = run_sweep(job, facts, sweep, folder, runner)
     if not result.points:
         raise click.ClickException(f"no sweep point finished ({len(result.failed)} jobs failed); see "
                                    "the lines above, or rkd sweep --status with the same options")
@@ -112,8 +105,9 @@ def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, kd_loss, 
                    f"policy `{job.data.augment.policy}`, "
                    f"student `{job.arch}` ({job.optim.epochs} epochs on "
                    f"{train_images or 'all'} training images in batches of {job.data.batch_size}), "
-                   f"KD loss `{kd_loss}`, seeds {list(seeds)}, "
-                   f"teachers {sweep.num_teachers} × `{sweep.teacher_arch}` ({sweep.teacher_epochs} epochs); "
+                   f"KD loss `{job.kd.loss_name}` ({job.kd.mode}, α={job.kd.alpha:g}, T={job.kd.temperature:g}), "
+                   f"seeds {list(seeds)}, teachers {sweep.teachers.count} × `{sweep.teachers.arch}` "
+                   f"({sweep.teachers.epochs} epochs); "
                    f"attention and fidelity measured on "
                    f"{analysis_images} images.")
     click.echo(write_outputs(points, folder, description))

@@ -13,7 +13,7 @@ from typing import Optional
 
 import click
 import torch
-from pipelines.cache import CACHE_ENV
+from pipelines import CACHE_ENV
 
 from ..errors import RkdError
 

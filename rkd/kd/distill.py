@@ -1,7 +1,7 @@
 """`rkd distill`: a student learns from a frozen teacher ensemble under a chosen augmentation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -9,7 +9,7 @@ import torch
 
 from ..measure.attention import AttentionMeter, cams
 from ..measure.cam import linear_head_weight
-from ..train.data import dataset_facts, eval_loaders, train_loader
+from ..train.data import DatasetFacts, eval_loaders, train_loader
 from ..train.distributed import barrier
 from .ensemble import load_ensemble
 from ..train.evaluate import autocast_for, predict_logits
@@ -19,23 +19,8 @@ from .step import KDStep
 from ..measure.metrics import accuracy, top1_agreement
 from ..models import WithFeatures, unwrap
 from ..train.report import write_summary
+from .teachers import teacher_records
 from ..train.trainer import ModelInfo, Trainer
-
-
-@dataclass(frozen=True)
-class KDOptions:
-    """The distillation loss and the teachers' mode."""
-
-    alpha: float = 0.6
-    temperature: float = 3.0
-    mode: str = "per-teacher"
-    teacher_bn: str = "eval"
-    compile: bool = False
-    fusion: str = "auto"
-    metrics_every: int = 50
-
-
-FUSION_CHOICES = {"auto": None, "fused": True, "loop": False}
 
 
 def distill_run_name(options: JobOptions, kind: str) -> str:
@@ -74,17 +59,19 @@ def student_test_pass(student, loader, teacher_maps: list, cam_mode: str, image_
     return torch.cat(logits), meter.summary()
 
 
-def distill(options: JobOptions, teacher_paths: Sequence[Path], kd: KDOptions) -> Optional[dict]:
-    """Distill a student from the teachers at `teacher_paths`; returns the summary (main rank).
+def distill(options: JobOptions, facts: DatasetFacts, teacher_paths: Sequence[Path]) -> Optional[dict]:
+    """Distill a student from the teachers at `teacher_paths` with the KD settings `options.kd`; returns the
+    summary (main rank). The run's config.json records the teachers with their files' sha256.
 
     Every `kd.metrics_every` steps the KD step also measures attention IoU and fidelity of its batch
     (metrics.jsonl, kind "step"); each evaluation adds them on the clean test set to the epoch record.
     """
-    context: JobContext = start_job(options, distill_run_name(options, dataset_facts(options.data).kind))
+    kd = options.kd
+    options = replace(options, teachers=teacher_records(teacher_paths))
+    context: JobContext = start_job(options, facts, distill_run_name(options, facts.kind))
     ensemble, described = load_ensemble(teacher_paths, context.device, num_classes=context.facts.num_classes,
                                         in_chans=context.facts.in_chans, image_size=context.facts.image_size,
-                                        bn_mode=kd.teacher_bn,
-                                        fused=FUSION_CHOICES[kd.fusion], compile=kd.compile)
+                                        bn_mode=kd.teacher_bn, fused=kd.fused, compile=kd.compile)
     test_loader, train_eval = eval_loaders(options.data, context.facts, context.device)
     weights = [linear_head_weight(t) for t in ensemble.teachers]
     if context.dist.is_main:

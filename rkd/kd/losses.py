@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-KD_MODES = ("per-teacher", "mean-probs", "logit-mse")
+from ..config import KD_MODES
 
 
 def kd_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Teacher training (`rkd train-teacher`) and the default teacher ensemble, trained on first use and cached."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -11,8 +12,9 @@ import torch.nn.functional as F
 
 import pipelines
 
+from ..config import DataOptions, TeacherOptions, TeacherRecord
 from ..train.checkpoint import load_checkpoint, load_model
-from ..train.data import DataOptions, dataset_facts, eval_loaders, train_loader
+from ..train.data import DatasetFacts, eval_loaders, train_loader
 from ..train.distributed import barrier, log
 from ..errors import RkdError
 from ..train.evaluate import predict_logits
@@ -70,6 +72,24 @@ def load_teacher(spec, device, *, num_classes: int, in_chans: int, image_size: i
     return model, payload["arch"]
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_records(specs: Sequence) -> tuple:
+    """TeacherRecords of --teachers entries: the file each names (a timm hub model: none) and its sha256."""
+    records = []
+    for spec in specs:
+        path = parse_timm_spec(spec).file if is_timm_spec(spec) else checkpoint_path(spec)
+        path = Path(path).expanduser().resolve() if path else None
+        records.append(TeacherRecord(str(spec), str(path) if path else None, _sha256(path) if path else None))
+    return tuple(records)
+
+
 def check_teacher_spec(spec) -> None:
     """Fail before a run directory is made on a --teachers entry that names nothing loadable."""
     if is_timm_spec(spec):
@@ -88,14 +108,15 @@ def pretrained_start(options: JobOptions, facts, init: str) -> nn.Module:
     return timm_init(parsed, num_classes=facts.num_classes, in_chans=facts.in_chans, image_size=facts.image_size)
 
 
-def train_teacher(options: JobOptions, role: str = "teacher", init: Optional[str] = None) -> JobContext:
+def train_teacher(options: JobOptions, facts: DatasetFacts, role: str = "teacher") -> JobContext:
     """Train one classifier with cross-entropy; its run directory holds checkpoints/best.pt and last.pt.
 
     `role` names the model in progress and log lines (the sweep's cross-entropy students are "control");
-    `init` (timm:NAME[@FILE]) fine-tunes pretrained weights with a fresh head instead of training from scratch."""
-    facts = dataset_facts(options.data)
+    `options.init` (timm:NAME[@FILE]) fine-tunes pretrained weights with a fresh head instead of training from
+    scratch."""
+    init = options.init
     pretrained = pretrained_start(options, facts, init) if init else None  # its errors come before the run dir
-    context = start_job(options, teacher_run_name(options, facts.kind) + ("-pretrained" if init else ""))
+    context = start_job(options, facts, teacher_run_name(options, facts.kind) + ("-pretrained" if init else ""))
     model = (context.new_model() if pretrained is None
              else pretrained.to(context.device, memory_format=torch.channels_last))
     trainer = Trainer(wrap_for_training(model, context),
@@ -116,28 +137,29 @@ def default_teacher_data(data: DataOptions) -> DataOptions:
     return replace(data, augment=pipelines.AugmentSpec(), train_images=None)
 
 
-def default_teacher_runs(data: DataOptions, *, arch: str, count: int, runs_dir: str) -> list:
+def default_teacher_runs(data: DataOptions, kind: str, *, arch: str, count: int, runs_dir: str) -> list:
     """Run directories of the default ensemble: seeds 0..count-1, under ``<runs_dir>/teachers/``."""
-    kind = dataset_facts(data).kind
     return [Path(runs_dir) / "teachers" / teacher_run_name(
         JobOptions(data=default_teacher_data(data), arch=arch, optim=OptimConfig(epochs=1), seed=seed), kind)
         for seed in range(count)]
 
 
-def default_teachers(data: DataOptions, *, arch: str, epochs: int, count: int, optim: OptimConfig, device: str,
-                     runs_dir: str, progress: bool) -> list:
-    """Checkpoints of the default ensemble (see `default_teacher_runs`), each trained on first use and reused
-    afterwards; an interrupted teacher resumes where it stopped."""
-    paths = []
-    for seed, run in enumerate(default_teacher_runs(data, arch=arch, count=count, runs_dir=runs_dir)):
+def default_teachers(job: JobOptions, facts: DatasetFacts, teachers: TeacherOptions) -> list:
+    """Checkpoints of the default ensemble of `teachers` for `job`'s data (see `default_teacher_runs`), each trained
+    on first use with `job`'s optimizer, device and runs folder and reused afterwards; an interrupted teacher
+    resumes where it stopped."""
+    paths, count, arch, epochs = [], teachers.count, teachers.arch, teachers.epochs
+    for seed, run in enumerate(default_teacher_runs(job.data, facts.kind, arch=arch, count=count,
+                                                    runs_dir=job.runs_dir)):
         last = run / "checkpoints" / "last.pt"
         if last.exists() and _completed_epochs(last) >= epochs:
             log(f"using cached default teacher {seed + 1}/{count}: {run}")
         else:
             log(f"training default teacher {seed + 1}/{count} ({arch}, {epochs} epochs; first use, cached in {run})")
-            train_teacher(JobOptions(data=default_teacher_data(data), arch=arch,
-                                     optim=replace(optim, epochs=epochs), seed=seed, device=device,
-                                     runs_dir=str(run.parent), name=run.name, resume=True, progress=progress))
+            train_teacher(JobOptions(data=default_teacher_data(job.data), arch=arch,
+                                     optim=replace(job.optim, epochs=epochs), seed=seed, device=job.device,
+                                     runs_dir=str(run.parent), name=run.name, resume=True, progress=job.progress),
+                          facts)
         paths.append(run / "checkpoints" / "best.pt")
     return paths
 

@@ -17,8 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from kernels import attention_iou, paper_attention_iou
-from kernels.counts import ratio, unions
+from kernels import attention_iou, paper_attention_iou, ratio, unions
 
 from .cam import class_activation_maps
 

@@ -14,15 +14,15 @@ from typing import Optional, Sequence
 
 import torch
 
+import kernels
 import pipelines
-from kernels.reference import normalize_min_max, upsample_bilinear
-from pipelines.sources import open_source, take
 
 from ..measure import metrics
 from ..measure.attention import AttentionMeter, cams
 from ..measure.cam import linear_head_weight
 from ..train.checkpoint import load_model
-from ..train.data import DataOptions, DatasetFacts
+from ..config import DataOptions
+from ..train.data import DatasetFacts
 from ..kd.ensemble import TeacherEnsemble, load_ensemble
 from ..measure.fidelity import fidelity_summary
 from ..train.plots import plot_attention_grid
@@ -59,13 +59,18 @@ class AnalyzeOptions:
     backend: str = "auto"
 
 
-def analysis_loader(data: DataOptions, facts: DatasetFacts, options: AnalyzeOptions, device, augment):
-    """A deterministic loader over the first `max_images` of a fixed permutation of the split, in the paper's
-    batches of 128 (its batch-pooled IoU depends on them)."""
-    source = open_source(data.data, options.split, data.on_bad_file)
+def analysis_source(data: DataOptions, options: AnalyzeOptions) -> pipelines.Source:
+    """The first `max_images` of a fixed permutation (by the seed) of the split, read once."""
+    source = pipelines.open_source(data.data, options.split, data.on_bad_file)
     if len(source) > options.max_images:
         order = torch.randperm(len(source), generator=torch.Generator().manual_seed(options.seed))
-        source = take(source, order[:options.max_images].sort().values)
+        source = pipelines.take(source, order[:options.max_images].sort().values)
+    return source
+
+
+def analysis_loader(source: pipelines.Source, data: DataOptions, facts: DatasetFacts, options: AnalyzeOptions,
+                    device, augment):
+    """A deterministic loader over `source` in the paper's batches of 128 (its batch-pooled IoU depends on them)."""
     return pipelines.build_loader("torch", source, split="test", batch_size=metrics.PAPER_BATCH_SIZE,
                                   image_size=facts.image_size, augment=augment, device=device, seed=options.seed,
                                   num_workers=data.workers)
@@ -103,10 +108,12 @@ def analyze(data: DataOptions, facts: DatasetFacts, teacher_paths: Sequence[Path
                                 flag="--student")
         student = student.eval().to(memory_format=torch.channels_last)
     meter = AttentionMeter(options.thresholds, facts.image_size, options.cam_mode, options.backend, paper=True)
-    augmented = run_models(ensemble, student, analysis_loader(data, facts, options, device, data.augment), meter,
-                           facts.image_size)
-    clean = run_models(ensemble, student, analysis_loader(data, facts, options, device, pipelines.AugmentSpec()),
-                       None, facts.image_size)
+    source = analysis_source(data, options)
+    augmented = run_models(ensemble, student, analysis_loader(source, data, facts, options, device, data.augment),
+                           meter, facts.image_size)
+    clean = run_models(ensemble, student,
+                       analysis_loader(source, data, facts, options, device, pipelines.AugmentSpec()), None,
+                       facts.image_size)
     teacher_aug, student_aug, labels = augmented
     results = {"split": options.split, "images": len(labels), "max_images": options.max_images,
                "seed": options.seed, "augment": data.augment.to_dict(),
@@ -123,8 +130,8 @@ def analyze(data: DataOptions, facts: DatasetFacts, teacher_paths: Sequence[Path
     (out_dir / "analysis.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     (out_dir / "analysis.md").write_text(markdown_table(results))
     names = [f"teacher{i} ({arch})" for i, (_, arch) in enumerate(described)] + (["student"] if student else [])
-    write_grid(ensemble, student, analysis_loader(data, facts, options, device, data.augment), facts,
-               options, names, out_dir / "attention_grid.png")
+    write_grid(ensemble, student, analysis_loader(source, data, facts, options, device, data.augment), source,
+               facts, options, names, out_dir / "attention_grid.png")
     return results
 
 
@@ -146,9 +153,10 @@ def _cell(results: dict, key: Optional[str]) -> str:
 
 
 @torch.no_grad()
-def write_grid(ensemble: TeacherEnsemble, student, loader, facts: DatasetFacts, options: AnalyzeOptions,
-               names: Sequence[str], out: Path) -> Path:
-    """The first images of the loader with each model's binarized attention mask at the first threshold."""
+def write_grid(ensemble: TeacherEnsemble, student, loader, source: pipelines.Source, facts: DatasetFacts,
+               options: AnalyzeOptions, names: Sequence[str], out: Path) -> Path:
+    """The first images of the loader with each model's binarized attention mask at the first threshold; the
+    images are shown un-normalized by `source`'s mean and std (the Source fields the loader normalized with)."""
     images, labels = next(iter(loader))
     images, labels = images[:GRID_IMAGES], labels[:GRID_IMAGES]
     models = list(ensemble.teachers) + ([student] if student is not None else [])
@@ -156,8 +164,9 @@ def write_grid(ensemble: TeacherEnsemble, student, loader, facts: DatasetFacts, 
     for model in models:
         features = model.forward_features(images)
         maps.append(cams(features, linear_head_weight(model), model.forward_head(features), labels, options.cam_mode))
-    normalized = normalize_min_max(upsample_bilinear(torch.stack(maps).float(), (facts.image_size, facts.image_size)))
-    mean = torch.tensor(loader.source.mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(loader.source.std, device=images.device).view(1, -1, 1, 1)
+    normalized = kernels.normalize_min_max(kernels.upsample_bilinear(torch.stack(maps).float(),
+                                                                     (facts.image_size, facts.image_size)))
+    mean = torch.tensor(source.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(source.std, device=images.device).view(1, -1, 1, 1)
     return plot_attention_grid(images * std + mean, normalized >= options.thresholds[0], names, out,
                                f"attention masks at threshold {options.thresholds[0]:g} ({options.cam_mode} CAM)")

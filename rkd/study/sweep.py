@@ -18,8 +18,9 @@ import torch
 import pipelines
 
 from .analyze import AnalyzeOptions, analyze
-from ..train.data import DataOptions, dataset_facts
-from ..kd.distill import KDOptions, distill
+from ..config import DataOptions, TeacherOptions
+from ..train.data import DatasetFacts
+from ..kd.distill import distill
 from ..train.distributed import log, resolve_device
 from ..train.job import JobOptions
 from ..train.runs import RunDir
@@ -27,11 +28,6 @@ from .executors import Executor, Job, SequentialExecutor
 from .status import Progress, forget_unfinished, mark, tracked, write_plan
 from ..kd.teachers import default_teachers, train_teacher
 
-KD_LOSSES = {
-    "kd": dict(alpha=0.6, mode="per-teacher"),          # the paper's loss
-    "pure-kd": dict(alpha=0.0, mode="per-teacher"),     # towards matching: no cross-entropy
-    "logit-mse": dict(alpha=0.0, mode="logit-mse"),     # direct logit matching
-}
 DEFAULT_TEACHERS = "default"
 ATTENTION_KEYS = ("iou_tt@0.4", "iou_tt_pooled@0.4", "iou_st@0.4", "iou_st_pooled@0.4", "soft_iou_tt", "soft_iou_st",
                   "iou_all_teachers_pooled@0.4", "iou_tt_paper@0.4", "iou_st_paper@0.4", "iou_all_teachers_paper@0.4",
@@ -42,16 +38,13 @@ FIDELITY_KEYS = ("agreement_st", "kl_teacher_student", "kl_student_teacher", "mi
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """The grid and what is measured at each point."""
+    """The grid, the teachers and what is measured at each point (the KD settings are the job's `kd`)."""
 
     magnitudes: tuple = (0, 5, 9, 15, 20, 25)
     seeds: tuple = (0,)
     teacher_magnitudes: tuple = ()
-    kd_loss: str = "kd"
     analysis_images: int = 1000
-    num_teachers: int = 2
-    teacher_arch: str = "resnet14"
-    teacher_epochs: int = 2
+    teachers: TeacherOptions = TeacherOptions()
     regime: str = "default"
 
 
@@ -59,30 +52,29 @@ def _with_magnitude(data: DataOptions, magnitude: int) -> DataOptions:
     return replace(data, augment=replace(data.augment, magnitude=magnitude))
 
 
-def teacher_sets(job: JobOptions, sweep: SweepOptions, folder: Path) -> dict:
+def teacher_sets(job: JobOptions, facts: DatasetFacts, sweep: SweepOptions, folder: Path) -> dict:
     """{teacher-set name: checkpoint paths}: the default ensemble, or one trained at each teacher magnitude."""
+    teachers = sweep.teachers
     if not sweep.teacher_magnitudes:
-        return {DEFAULT_TEACHERS: default_teachers(job.data, arch=sweep.teacher_arch, epochs=sweep.teacher_epochs,
-                                                   count=sweep.num_teachers, optim=job.optim, device=job.device,
-                                                   runs_dir=job.runs_dir, progress=job.progress)}
+        return {DEFAULT_TEACHERS: default_teachers(job, facts, teachers)}
     sets = {}
     full_data = replace(job.data, train_images=None)
     for magnitude in sweep.teacher_magnitudes:
         paths = []
-        for seed in range(sweep.num_teachers):
+        for seed in range(teachers.count):
             name = f"teacher-m{magnitude}-s{seed}"
             log(f"teachers at magnitude {magnitude}: {name}")
-            train_teacher(JobOptions(data=_with_magnitude(full_data, magnitude), arch=sweep.teacher_arch,
-                                     optim=replace(job.optim, epochs=sweep.teacher_epochs), seed=seed,
+            train_teacher(JobOptions(data=_with_magnitude(full_data, magnitude), arch=teachers.arch,
+                                     optim=replace(job.optim, epochs=teachers.epochs), seed=seed,
                                      device=job.device, runs_dir=str(folder / "teachers"), name=name, resume=True,
-                                     progress=job.progress))
+                                     progress=job.progress), facts)
             paths.append(folder / "teachers" / name / "checkpoints" / "best.pt")
         sets[f"m{magnitude}"] = paths
     return sets
 
 
-def _analysis(data: DataOptions, teachers: list, student: Path, split: str, images: int, seed: int, device,
-              out: Path, keys: tuple) -> dict:
+def _analysis(data: DataOptions, facts: DatasetFacts, teachers: list, student: Path, split: str, images: int,
+              seed: int, device, out: Path, keys: tuple) -> dict:
     """analysis.json of `out`, computed once per (images, seed) and again when it lacks one of `keys`. The point's
     seed picks the images and their augmentation draws, so seeds are independent repeats of the attention
     measurement too."""
@@ -91,7 +83,7 @@ def _analysis(data: DataOptions, teachers: list, student: Path, split: str, imag
         results = json.loads(stored.read_text())
         if results.get("seed") == seed and results.get("max_images") == images and all(k in results for k in keys):
             return results
-    return analyze(data, dataset_facts(data), teachers, student,
+    return analyze(data, facts, teachers, student,
                    AnalyzeOptions(split=split, max_images=images, seed=seed), device, out)
 
 
@@ -144,18 +136,18 @@ def _point_job(job: JobOptions, folder: Path, point: Point) -> JobOptions:
                    resume=True)
 
 
-def distill_student(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list) -> dict:
-    """Distill the point's student from its teacher set; returns the run's final epoch record."""
+def distill_student(job: JobOptions, facts: DatasetFacts, folder: Path, point: Point, teachers: list) -> dict:
+    """Distill the point's student from its teacher set with the job's KD settings; returns the run's final
+    epoch record."""
     log(f"sweep point: {point.label}: distilling")
-    distill(replace(_point_job(job, folder, point), name=point.distill_name), teachers,
-            KDOptions(**KD_LOSSES[sweep.kd_loss]))
+    distill(replace(_point_job(job, folder, point), name=point.distill_name), facts, teachers)
     return _final_epoch(folder / point.distill_name)
 
 
-def train_control(job: JobOptions, folder: Path, point: Point) -> dict:
+def train_control(job: JobOptions, facts: DatasetFacts, folder: Path, point: Point) -> dict:
     """Train the point's cross-entropy-only control student; returns the run's final epoch record."""
     log(f"sweep point: {point.label}: control student")
-    train_teacher(replace(_point_job(job, folder, point), name=point.control_name), role="control")
+    train_teacher(replace(_point_job(job, folder, point), name=point.control_name, kd=None), facts, role="control")
     return _final_epoch(folder / point.control_name)
 
 
@@ -163,22 +155,24 @@ ANALYSES = {"attention": ("train", True), "fidelity": ("test", False)}   # role:
 ANALYSIS_KEYS = {"attention": ATTENTION_KEYS, "fidelity": FIDELITY_KEYS}   # what each analysis must hold
 
 
-def measure(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list, role: str) -> dict:
+def measure(job: JobOptions, facts: DatasetFacts, sweep: SweepOptions, folder: Path, point: Point, teachers: list,
+            role: str) -> dict:
     """The distilled student's analysis `role`: attention IoU on augmented training images at the point's
     magnitude, or fidelity on the clean test images."""
     split, augmented = ANALYSES[role]
     data = (_with_magnitude(job.data, point.magnitude) if augmented
             else replace(job.data, augment=pipelines.AugmentSpec()))
-    return _analysis(data, teachers, folder / point.distill_name / "checkpoints" / "last.pt", split,
+    return _analysis(data, facts, teachers, folder / point.distill_name / "checkpoints" / "last.pt", split,
                      sweep.analysis_images, point.seed, resolve_device(job.device), folder / point.jobs[role],
                      ANALYSIS_KEYS[role])
 
 
-def point_jobs(job: JobOptions, sweep: SweepOptions, folder: Path, point: Point, teachers: list) -> list:
+def point_jobs(job: JobOptions, facts: DatasetFacts, sweep: SweepOptions, folder: Path, point: Point,
+               teachers: list) -> list:
     """The point's four jobs: the two students (independent), then the two analyses of the distilled one."""
-    steps = {"distill": (distill_student, (job, sweep, folder, point, teachers)),
-             "control": (train_control, (job, folder, point)),
-             **{role: (measure, (job, sweep, folder, point, teachers, role)) for role in ANALYSES}}
+    steps = {"distill": (distill_student, (job, facts, folder, point, teachers)),
+             "control": (train_control, (job, facts, folder, point)),
+             **{role: (measure, (job, facts, sweep, folder, point, teachers, role)) for role in ANALYSES}}
     keys = point.jobs
     return [Job(key, tracked, (folder, key, steps[role][0], *steps[role][1]),
                 (keys["distill"],) if role in ANALYSES else ()) for role, key in keys.items()]
@@ -205,18 +199,19 @@ class SweepResult:
     failed: dict
 
 
-def run_sweep(job: JobOptions, sweep: SweepOptions, folder: Path,
+def run_sweep(job: JobOptions, facts: DatasetFacts, sweep: SweepOptions, folder: Path,
               executor: Optional[Executor] = None) -> SweepResult:
     """Every point of the grid on `executor` (sequential by default); finished runs are reused. A failed job is
-    retried once, then reported, and the points that need it are left out while the others go on."""
+    retried once, then reported, and the points that need it are left out while the others go on. `job.kd` is
+    the distillations' loss; `facts` the data's, resolved once."""
     folder.mkdir(parents=True, exist_ok=True)
     executor = executor or SequentialExecutor(torch.get_num_threads())
     with executor:   # joined or started first, so a cluster that cannot be used is said before teachers train
-        teachers = teacher_sets(job, sweep, folder)
+        teachers = teacher_sets(job, facts, sweep, folder)
         points = grid(sweep)
         jobs = {}
         for point in points:
-            for point_job in point_jobs(job, sweep, folder, point, teachers[point.teacher_set]):
+            for point_job in point_jobs(job, facts, sweep, folder, point, teachers[point.teacher_set]):
                 jobs.setdefault(point_job.key, point_job)   # a control student shared by teacher sets runs once
         write_plan(folder, plan_entries(points))
         forget_unfinished(folder, jobs)   # this run retries them
@@ -253,8 +248,8 @@ def _collect(executor: Executor, jobs: list, points: list, folder: Path) -> tupl
     return finished, failed
 
 
-def sweep_folder(runs_dir: str, name: Optional[str], job: JobOptions, sweep: SweepOptions) -> Path:
-    kind = dataset_facts(job.data).kind
+def sweep_folder(runs_dir: str, name: Optional[str], job: JobOptions, kind: str, sweep: SweepOptions) -> Path:
+    """The sweep's folder: `name`, or one named after the data, policy, loader, KD loss and regime."""
     suffix = "" if sweep.regime == "default" else f"-{sweep.regime}"
-    derived = f"sweep-{kind}-{job.data.augment.policy}-{job.data.loader}-{sweep.kd_loss}{suffix}"
+    derived = f"sweep-{kind}-{job.data.augment.policy}-{job.data.loader}-{job.kd.loss_name}{suffix}"
     return Path(runs_dir) / (name or derived)

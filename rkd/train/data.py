@@ -1,42 +1,19 @@
-"""From command-line data options to loaders: training on the chosen backend, evaluation deterministic."""
+"""From DataOptions to loaders: the data's facts (read once per command), the training loader on the chosen backend
+with its options, deterministic evaluation loaders, and a cheap size summary of the data."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Optional
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 import pipelines
-from pipelines.errors import ConfigError, EmptyEpochError
-from pipelines.sources import detect_format, open_source, resolve_path, take
 
+from ..config import DataOptions
 from .distributed import DistInfo
-from ..errors import RkdError
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """Which data, through which loader backend, with which augmentation."""
-
-    data: str = "fashion-mnist"
-    loader: str = "torch"
-    batch_size: int = 128
-    image_size: Optional[int] = None
-    augment: pipelines.AugmentSpec = pipelines.AugmentSpec()
-    workers: Optional[int] = None
-    train_eval_size: int = 10000
-    train_images: Optional[int] = None
-    on_bad_file: str = "error"  # a class-folder tree's undecodable files: refuse the tree, or skip them
-    decode_device: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if self.decode_device is not None and self.loader != "torch":
-            raise ConfigError(f"--decode-device applies to --loader torch, not --loader {self.loader}")
-        if self.decode_device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--decode-device cuda needs a CUDA device and this machine has none: use cpu or omit it")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "augment": self.augment.to_dict()}
+from ..errors import ConfigError, RkdError
 
 
 @dataclass(frozen=True)
@@ -51,21 +28,22 @@ class DatasetFacts:
 
 def evaluation_data(options: DataOptions) -> str:
     """The dataset evaluation reads: `options.data`, or for a .beton file the source it was converted from."""
-    path = resolve_path(options.data)
-    if detect_format(path) != "beton":
+    path = pipelines.resolve_path(options.data)
+    if pipelines.detect_format(path) != "beton":
         return options.data
     if options.loader != "ffcv":
         raise ConfigError(f"--data: {path} is a .beton file, which only the ffcv loader reads (use --loader ffcv)")
-    from pipelines.ffcv.beton import read_beton, recorded_source
+    from pipelines.ffcv import read_beton, recorded_source
 
     return recorded_source(read_beton(path))
 
 
 def dataset_facts(options: DataOptions) -> DatasetFacts:
-    """Class count, channels, image size and dataset kind of the data (reads the evaluation test split)."""
+    """Class count, channels, image size and dataset kind of the data (reads the evaluation test split): resolved
+    once per command and handed down."""
     data = evaluation_data(options)
-    fmt = detect_format(resolve_path(data))
-    source = open_source(data, "test", options.on_bad_file)
+    fmt = pipelines.detect_format(pipelines.resolve_path(data))
+    source = pipelines.open_source(data, "test", options.on_bad_file)
     kind = source.name if fmt in ("idx", "cifar10", "cifar100") else "imagefolder"
     image_size = options.image_size or source.native_size or 224
     return DatasetFacts(kind, source.num_classes, source.channels, image_size)
@@ -75,11 +53,11 @@ def training_source(options: DataOptions):
     """The training data: the whole train split, or `train_images` of it (a fixed random subset), as a Source."""
     if options.train_images is None:
         return options.data
-    source = open_source(options.data, "train", options.on_bad_file)
+    source = pipelines.open_source(options.data, "train", options.on_bad_file)
     if options.train_images >= len(source):
         return options.data
     chosen = torch.randperm(len(source), generator=torch.Generator().manual_seed(1))[:options.train_images]
-    return take(source, chosen.sort().values)
+    return pipelines.take(source, chosen.sort().values)
 
 
 def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device, seed: int, dist: DistInfo):
@@ -92,8 +70,8 @@ def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device
                                       batch_size=options.batch_size,
                                       image_size=facts.image_size, augment=options.augment, device=device, seed=seed,
                                       rank=dist.rank, world_size=dist.world_size, num_workers=options.workers,
-                                      on_bad_file=options.on_bad_file, **decode)
-    except EmptyEpochError:
+                                      on_bad_file=options.on_bad_file, **dict(options.loader_options), **decode)
+    except pipelines.EmptyEpochError:
         raise RkdError(f"--batch-size {options.batch_size} is larger than this process's share of the training "
                        "images, so an epoch would have no batch: use a smaller --batch-size") from None
 
@@ -110,9 +88,23 @@ def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device
                                       image_size=facts.image_size, device=device, num_workers=options.workers)
 
     data = evaluation_data(options)
-    train = open_source(data if options.train_images is None else training_source(options), "train",
-                        options.on_bad_file)
+    train = pipelines.open_source(data if options.train_images is None else training_source(options), "train",
+                                  options.on_bad_file)
     if len(train) > options.train_eval_size:
         chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:options.train_eval_size]
-        train = take(train, chosen.sort().values)
-    return loader(open_source(data, "test", options.on_bad_file)), loader(train)
+        train = pipelines.take(train, chosen.sort().values)
+    return loader(pipelines.open_source(data, "test", options.on_bad_file)), loader(train)
+
+
+@functools.lru_cache(maxsize=8)
+def _size_of(path: Path) -> tuple:
+    """(file count, total bytes) of a file or a folder tree; once per process (a sweep starts many jobs)."""
+    files = [path] if path.is_file() else [Path(root) / name for root, _, names in os.walk(path) for name in names]
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def data_summary(options: DataOptions) -> dict:
+    """A cheap fingerprint of the data: its resolved path, file count and total bytes (sizes, not contents)."""
+    path = pipelines.resolve_path(options.data).resolve()
+    files, size = _size_of(path)
+    return {"path": str(path), "files": files, "bytes": size}

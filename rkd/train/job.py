@@ -1,39 +1,19 @@
-"""What every training command shares: options, seeding, device, run directory, model and evaluation set-up."""
+"""What every training job shares: its context (device, the data's facts, run directory), the record config.json
+holds, seeding and model set-up."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from .data import DataOptions, DatasetFacts, dataset_facts
+from ..config import JobOptions
+from .data import DatasetFacts, data_summary
 from .distributed import DistInfo, init_distributed
 from ..models import create
-from .optim import OptimConfig
-from .runs import RunDir
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """A training run: data, architecture, optimizer, seed, device and where the run directory goes."""
-
-    data: DataOptions
-    arch: str
-    optim: OptimConfig
-    seed: int = 0
-    device: str = "auto"
-    runs_dir: str = "runs"
-    name: Optional[str] = None
-    resume: bool = False
-    amp: bool = True
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        record = {k: v for k, v in asdict(self).items() if k not in ("data", "optim", "extra")}
-        return {**record, "data": self.data.to_dict(), "optim": asdict(self.optim), **self.extra}
+from .runs import RunDir, environment
 
 
 @dataclass
@@ -58,14 +38,19 @@ def augment_tag(spec) -> str:
     return "none" if spec.policy == "none" else f"{spec.policy}-m{spec.magnitude}"
 
 
-def start_job(options: JobOptions, default_name: str) -> JobContext:
-    """Join the process group if any, resolve the device, read the data's facts, open the run directory (rank 0)."""
+def run_config(options: JobOptions) -> dict:
+    """config.json: the options, a size summary of the data, and the versions and commit that ran it."""
+    return {**options.to_dict(), "data_summary": data_summary(options.data), "environment": environment()}
+
+
+def start_job(options: JobOptions, facts: DatasetFacts, default_name: str) -> JobContext:
+    """Join the process group if any, resolve the device, open the run directory (rank 0) with the data's facts
+    resolved once by the caller."""
     dist, device = init_distributed(options.device)
-    facts = dataset_facts(options.data)
     run = None
     if dist.is_main:
         run = RunDir(Path(options.runs_dir) / (options.name or default_name))
-        run.open(options.to_dict(), options.resume)
+        run.open(run_config(options), options.resume)
     return JobContext(options, dist, device, facts, run)
 
 

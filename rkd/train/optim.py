@@ -1,26 +1,11 @@
 """SGD with linear warm-up and a cosine or step schedule, updated every step (timm's schedulers)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 
-SCHEDULES = ("cosine", "step")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer and schedule. Step milestones are fractions of the whole run (0.1× decay at each)."""
-
-    epochs: int
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    schedule: str = "cosine"
-    milestones: tuple = (0.5, 0.75)
+from ..config import OptimConfig
 
 
 def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.SGD:

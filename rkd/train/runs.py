@@ -1,13 +1,67 @@
-"""The run directory: config.json, metrics.jsonl, checkpoints/{last,best}.pt, report.md, plots/."""
+"""The run directory: config.json (with the environment that ran it; --resume compares the rest), metrics.jsonl,
+checkpoints/{last,best}.pt, report.md, plots/."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Optional
 
 from . import run_lock
 from ..errors import RkdError
+
+# config.json's library versions: {name: the distributions that may provide it, first installed wins}
+VERSIONED = {"torch": ("torch",), "torchvision": ("torchvision",), "timm": ("timm",), "ffcv": ("ffcv",),
+             "rkd": ("rkd",), "dali": ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali")}
+# config.json parts that do not change what a resumed run computes: where it is, how it reports, what ran it
+RESUME_IGNORED = ("resume", "name", "runs_dir", "progress", "data.workers", "environment")
+
+
+def _version(distributions: tuple) -> Optional[str]:
+    for name in distributions:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def git_commit(folder: Path) -> Optional[dict]:
+    """{"commit", "dirty"} of the git checkout holding `folder`, or None (no checkout, no git, git failing)."""
+    try:
+        run = dict(cwd=folder, capture_output=True, text=True, timeout=10, check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def environment() -> dict:
+    """The versions of the libraries that compute a run (None: not installed) and rkd's git commit, if any."""
+    package = Path(__file__).resolve().parents[2]
+    return {"versions": {name: _version(dists) for name, dists in VERSIONED.items()},
+            "git": git_commit(package) if (package / ".git").exists() else None}
+
+
+def first_difference(saved, current, path: str = "") -> Optional[str]:
+    """The first dotted path where `current` differs from `saved`, with both values; parts `saved` lacks (written
+    by an older rkd) and RESUME_IGNORED ones are not compared."""
+    if path in RESUME_IGNORED:
+        return None
+    if isinstance(saved, dict) and isinstance(current, dict):
+        parts = [(f"{path}.{key}" if path else key, value, current.get(key)) for key, value in sorted(saved.items())]
+    elif isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        parts = [(f"{path}.{i}", value, other) for i, (value, other) in enumerate(zip(saved, current))]
+    else:
+        parts = None
+    if parts is not None:
+        return next(filter(None, (first_difference(value, other, where) for where, value, other in parts)), None)
+    if saved != current:
+        return f"{path} (saved {json.dumps(saved)[:60]}, now {json.dumps(current)[:60]})"
+    return None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -22,7 +76,6 @@ def _write_atomic(path: Path, text: str) -> None:
 class RunDir:
     """One run's folder, owned by one process while it runs. Everything a figure or a resume needs is in it."""
 
-    RESUME_KEYS_IGNORED = ("resume", "name", "runs_dir", "workers", "progress")
     TEMPORARY_PATTERNS = (".*.tmp", "checkpoints/.last.pt.*", "checkpoints/.best.pt.*")
 
     def __init__(self, path: Path) -> None:
@@ -81,10 +134,9 @@ class RunDir:
         except (OSError, ValueError) as err:
             raise RkdError(f"--resume: {self.config_file} is unreadable ({str(err).splitlines()[0][:80]}): restore "
                            "it from a copy, or delete the run directory to start afresh") from None
-        changed = sorted(k for k in set(saved) | set(config) if k not in self.RESUME_KEYS_IGNORED
-                         and saved.get(k) != config.get(k))
+        changed = first_difference(saved, config)
         if changed:
-            raise RkdError(f"--resume: {self.config_file} differs from this command in {', '.join(changed)}; "
+            raise RkdError(f"--resume: {self.config_file} differs from this command in {changed}; "
                            "resume with the same options or choose another --name")
 
     def _repair_metrics(self) -> None:
