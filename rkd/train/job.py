@@ -29,6 +29,7 @@ class JobOptions:
     resume: bool = False
     amp: bool = True
     progress: bool = True
+    checkpoint_every: int = 0  # training steps between mid-epoch step checkpoints (0: epoch ends only)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

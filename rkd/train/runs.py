@@ -22,7 +22,7 @@ def _write_atomic(path: Path, text: str) -> None:
 class RunDir:
     """One run's folder, owned by one process while it runs. Everything a figure or a resume needs is in it."""
 
-    RESUME_KEYS_IGNORED = ("resume", "name", "runs_dir", "workers", "progress")
+    RESUME_KEYS_IGNORED = ("resume", "name", "runs_dir", "workers", "progress", "checkpoint_every")
     TEMPORARY_PATTERNS = (".*.tmp", "checkpoints/.last.pt.*", "checkpoints/.best.pt.*")
 
     def __init__(self, path: Path) -> None:
@@ -132,9 +132,11 @@ class RunDir:
                                "line (a torn last line is repaired by --resume)") from None
         return [r for r in records if kind is None or r.get("kind") == kind]
 
-    def truncate_metrics(self, completed_epochs: int) -> None:
-        """Drop records of epochs after the last checkpoint (a killed run redoes them on resume)."""
-        kept = [r for r in self.read_metrics() if r.get("epoch", 0) < completed_epochs]
+    def truncate_metrics(self, completed_epochs: int, completed_steps: Optional[int] = None) -> None:
+        """Drop records of epochs after the last checkpoint (a killed run redoes them on resume); with
+        `completed_steps` (a step checkpoint inside the next epoch), keep that epoch's step records up to it."""
+        kept = [r for r in self.read_metrics() if r.get("epoch", 0) < completed_epochs or (
+            completed_steps is not None and r.get("kind") == "step" and r.get("step", 0) <= completed_steps)]
         _write_atomic(self.metrics_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def write_report(self, text: str) -> Path:
