@@ -69,8 +69,8 @@ def test_trainer_records_the_parts_and_the_measurements(tmp_path):
     run = RunDir(tmp_path / "run")
     run.open({"test": 1}, resume=False)
     trainer = Trainer(WithFeatures(create("resnet8", 10, 16, 1)), Replay(tiny_batches()), watched,
-                      lambda model, epoch: {"test_acc": 0.0}, OptimConfig(epochs=2, lr=0.01), ModelInfo("resnet8", 10, 16, 1),
-                      "cpu", run, progress=False)
+                      lambda model, epoch: {"test_acc": 0.0}, OptimConfig(epochs=2, lr=0.01),
+                      ModelInfo("resnet8", 10, 16, 1), "cpu", run, progress=False)
     records = trainer.fit()
     assert [s[0] for s in seen] == list(range(1, 9))
     for epoch, record in enumerate(records):

@@ -152,7 +152,8 @@ def distill(options: JobOptions, teacher_paths: Sequence[Path], kd: KDOptions) -
                       ModelInfo(options.arch, context.facts.num_classes, context.facts.image_size,
                                 context.facts.in_chans, {"teachers": [p for p, _ in described]}),
                       context.device, context.run, amp=options.amp, progress=options.progress,
-                      description=f"distill {options.arch}", checkpoint_every=options.checkpoint_every)
+                      description=f"distill {options.arch}", checkpoint_every=options.checkpoint_every,
+                      dist=context.dist)
     if options.resume:
         trainer.resume()
     records = trainer.fit()

@@ -26,7 +26,7 @@ class KDLoss(NamedTuple):
 
 def ensemble_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
                      alpha: float = 0.6, temperature: float = 3.0, mode: str = "per-teacher") -> torch.Tensor:
-    """α·CE(z_s, y) + (1−α)·T²·KL(teacher ‖ student), with teacher logits (T, B, C) (see `ensemble_kd_parts`)."""
+    """α·CE(z_s, y) + (1−α)·T²·KL(teacher ‖ student), teacher logits (T, B, C); see `ensemble_kd_parts`."""
     return ensemble_kd_parts(student_logits, teacher_logits, labels, alpha=alpha, temperature=temperature,
                              mode=mode).loss
 

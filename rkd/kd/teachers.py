@@ -109,7 +109,7 @@ def train_teacher(options: JobOptions, role: str = "teacher", init: Optional[str
                       ModelInfo(options.arch, context.facts.num_classes, context.facts.image_size,
                                 context.facts.in_chans), context.device, context.run, amp=options.amp,
                       progress=options.progress, description=f"{role} {options.arch} s{options.seed}",
-                      checkpoint_every=options.checkpoint_every)
+                      checkpoint_every=options.checkpoint_every, dist=context.dist)
     if options.resume:
         trainer.resume()
     records = trainer.fit()

@@ -64,3 +64,12 @@ def log(message: str) -> None:
     """Print on the main process only (torchrun sets RANK; a single process is rank 0)."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(message, flush=True)
+
+
+def broadcast_from_main(value, info: DistInfo):
+    """The main process's (picklable) `value` on every rank; `value` itself in a single process."""
+    if info.world_size == 1:
+        return value
+    box = [value if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -10,7 +10,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_record, save_checkpoint
+from .distributed import SINGLE_PROCESS, DistInfo, broadcast_from_main, gather_to_main
 from .evaluate import autocast_for
+from ..errors import RkdError
 from ..models import unwrap
 from .optim import OptimConfig, make_optimizer, make_scheduler
 from .runs import RunDir
@@ -44,7 +46,7 @@ class EpochProgress:
     sums: dict = field(default_factory=dict)  # loss part -> sum over images (a 0-d tensor on the device)
     data_wait: float = 0.0
     elapsed: float = 0.0
-    loader: Optional[dict] = None  # loader.state_dict() right after `steps` batches
+    loaders: Optional[list] = None  # every rank's loader.state_dict() right after `steps` batches, by rank
 
     def add(self, out: dict, images: int) -> None:
         for part in LOSS_PARTS:
@@ -58,12 +60,12 @@ class EpochProgress:
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "seen": self.seen, "sums": {k: v.cpu() for k, v in self.sums.items()},
-                "data_wait": self.data_wait, "elapsed": self.elapsed, "loader": self.loader}
+                "data_wait": self.data_wait, "elapsed": self.elapsed, "loaders": self.loaders}
 
     @classmethod
     def from_dict(cls, state: dict, device: torch.device) -> "EpochProgress":
         return cls(state["steps"], state["seen"], {k: v.to(device) for k, v in state["sums"].items()},
-                   state["data_wait"], state["elapsed"], state["loader"])
+                   state["data_wait"], state["elapsed"], state["loaders"])
 
 
 def rng_states() -> dict:
@@ -86,17 +88,18 @@ class Trainer:
     `model` is the same kind of object for every command: a `WithFeatures` model (forward → logits, features),
     wrapped in DistributedDataParallel under torchrun. Only the main process (`run` not None) writes metrics and
     checkpoints; `best.pt` follows `best_key`. With `checkpoint_every` N > 0, `last.pt` is also written every N
-    training steps inside an epoch, with the loader's position, so `resume` continues from the middle of it.
+    training steps inside an epoch, with every rank's loader position, so `resume` continues from the middle of
+    it; under torchrun (`dist`) rank 0 reads the checkpoint and hands it to every rank.
     """
 
     def __init__(self, model: nn.Module, loader, step_fn: StepFn, evaluate: EvaluateFn, optim: OptimConfig,
                  info: ModelInfo, device: torch.device, run: Optional[RunDir], *, amp: bool = True,
                  best_key: str = "test_acc", progress: bool = True, description: str = "train",
-                 checkpoint_every: int = 0) -> None:
+                 checkpoint_every: int = 0, dist: DistInfo = SINGLE_PROCESS) -> None:
         self.model, self.loader, self.step_fn, self.evaluate = model, loader, step_fn, evaluate
         self.optim, self.info, self.device, self.run = optim, info, torch.device(device), run
         self.amp, self.best_key, self.progress, self.description = amp, best_key, progress, description
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every, self.dist = checkpoint_every, dist
         self.optimizer = make_optimizer(model, optim)
         self.steps_per_epoch = len(loader)
         self.scheduler = make_scheduler(self.optimizer, optim, self.steps_per_epoch)
@@ -105,11 +108,14 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from `last.pt` when there is one (the end of an epoch, or a step checkpoint inside one);
-        drops the metrics recorded after it."""
-        if self.run is None or not self.run.last.exists():
+        drops the metrics recorded after it. Every rank calls it."""
+        payload = None
+        if self.run is not None and self.run.last.exists():
+            payload = load_checkpoint(self.run.last, "--resume", fix="delete it to start this run again from "
+                                                                     "scratch, or restore a good copy")
+        payload = broadcast_from_main(payload, self.dist)
+        if payload is None:
             return
-        payload = load_checkpoint(self.run.last, "--resume", fix="delete it to start this run again from scratch, "
-                                                                 "or restore a good copy")
         unwrap(self.model).load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         if "scheduler" in payload:
@@ -118,6 +124,8 @@ class Trainer:
         self.start_epoch, self.best = payload["epoch"], payload["best"]
         within = payload.get("progress")
         self.resumed = None if within is None else EpochProgress.from_dict(within, self.device)
+        if self.run is None:
+            return
         done = self.start_epoch * self.steps_per_epoch + (self.resumed.steps if self.resumed else 0)
         self.run.truncate_metrics(self.start_epoch, completed_steps=done)
         where = f"step {self.resumed.steps}/{self.steps_per_epoch} of epoch {self.start_epoch + 1}" \
@@ -143,9 +151,11 @@ class Trainer:
         save_checkpoint(self.run.last, payload)
 
     def _step_checkpoint(self, epoch: int, progress: EpochProgress) -> None:
-        """last.pt in the middle of epoch `epoch`: weights, optimizer, schedule, RNG, loader position, totals."""
-        progress.loader = self.loader.state_dict()
-        save_checkpoint(self.run.last, self._payload(epoch, progress=progress.to_dict()))
+        """last.pt in the middle of epoch `epoch`: weights, optimizer, schedule, RNG, loader positions, totals
+        (every rank calls it: the loader positions are gathered to the main process, which writes)."""
+        progress.loaders = gather_to_main(self.loader.state_dict(), self.dist)
+        if self.run is not None:
+            save_checkpoint(self.run.last, self._payload(epoch, progress=progress.to_dict()))
 
     def train_epoch(self, epoch: int, progress: Optional[EpochProgress] = None) -> dict:
         """One pass over the loader (or the rest of it after `progress`); returns the epoch means of the loss
@@ -157,8 +167,11 @@ class Trainer:
         self.model.train()
         self.loader.set_epoch(epoch)
         progress = progress or EpochProgress()
-        if progress.loader is not None:
-            self.loader.load_state_dict(progress.loader)
+        if progress.loaders is not None:
+            if len(progress.loaders) != self.dist.world_size:
+                raise RkdError(f"--resume: the step checkpoint was written by {len(progress.loaders)} processes, "
+                               f"this run has {self.dist.world_size}: resume with the same number of processes")
+            self.loader.load_state_dict(progress.loaders[self.dist.rank])
         bar = tqdm(total=self.steps_per_epoch, initial=progress.steps,
                    desc=f"{self.description} {epoch + 1}/{self.optim.epochs}",
                    disable=None if self.progress else True, leave=False, mininterval=1.0)
@@ -179,8 +192,8 @@ class Trainer:
             if self.run is not None and "measured" in out:
                 self.run.append_metrics({"kind": "step", "epoch": epoch, "step": step, **out["measured"]})
             bar.update()
-            if (self.run is not None and self.checkpoint_every > 0 and step % self.checkpoint_every == 0
-                    and progress.steps < self.steps_per_epoch):
+            inside = progress.steps < self.steps_per_epoch  # the epoch's end has its own checkpoint
+            if self.checkpoint_every > 0 and step % self.checkpoint_every == 0 and inside:
                 progress.elapsed = clock.now() - start
                 self._step_checkpoint(epoch, progress)
             waited_from = clock.now()
