@@ -44,11 +44,11 @@ def read_with_crop(path: str) -> Tuple[bytes, List[int], bool]:
             data = file.read()
         with Image.open(io.BytesIO(data)) as header:
             if header.format != "JPEG":
-                raise ConfigError(f"--data: {path} is {header.format}, not JPEG; batched decoding (decode_device) "
+                raise ConfigError(f"source: {path} is {header.format}, not JPEG; batched decoding (decode_device) "
                                   "reads JPEG files only: convert it or decode per image")
             box = list(RandomResizedCrop.get_params(header, scale=list(RRC_SCALE), ratio=list(RRC_RATIO)))
     except (UnidentifiedImageError, OSError) as err:
-        raise ConfigError(f"--data: cannot read {path} ({err}); remove or replace the file") from None
+        raise ConfigError(f"source: cannot read {path} ({err}); remove or replace the file") from None
     flip = bool(torch.rand(1) < 0.5)
     return data, box, flip
 
@@ -70,7 +70,7 @@ def decode_batch(flat: torch.Tensor, lengths: torch.Tensor, paths: Sequence[str]
             try:
                 decode_jpeg(one, mode=ImageReadMode.RGB, device=device)
             except RuntimeError as err:
-                raise ConfigError(f"--data: cannot decode {path} ({err}); remove or replace the file") from None
+                raise ConfigError(f"source: cannot decode {path} ({err}); remove or replace the file") from None
         raise
 
 

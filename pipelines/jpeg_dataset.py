@@ -54,7 +54,7 @@ def plan_jpeg_dataset(source: str = "fashion-mnist", *, train_per_class: Optiona
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
         opened = open_source(source, split)
         if not isinstance(opened, ArraySource):
-            raise ConfigError(f"--source {source} is a JPEG tree already; give an array dataset (Fashion-MNIST, "
+            raise ConfigError(f"source {source} is a JPEG tree already; give an array dataset (Fashion-MNIST, "
                               "MNIST, CIFAR)")
         plan.append((split, opened, balanced_subset(opened.labels, per_class, seed)))
     return plan
@@ -69,7 +69,7 @@ def write_jpeg_dataset(out: Union[str, Path], plan: list, *, size: int = 64, qua
     if size < 8:
         raise ConfigError(f"size must be at least 8 pixels, got {size}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
+        raise ConfigError(f"{out} exists and is not empty; pass force=True to write into it")
     for split, opened, indices in plan:
         folders = [out / split / name for name in class_folder_names(opened)]
         for folder in folders:

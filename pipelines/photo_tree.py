@@ -62,7 +62,7 @@ def build_photo_tree(out: Path, *, classes: int = 10, train_per_class: int = 100
     """Write ``out/{train,val}/class_XXX/*.jpg``; returns `out`. Refuses a non-empty `out` unless `force`."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
+        raise ConfigError(f"{out} exists and is not empty; pass force=True to write into it")
     photos = [Image.open(p).convert("RGB") for p in shipped_photo_paths()]
     if not photos:
         raise ConfigError("no shipped photos found: install scikit-image and scikit-learn (pip install 'rkd[photos]')")

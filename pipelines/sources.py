@@ -114,9 +114,9 @@ def detect_format(path: Path) -> str:
         return "beton"
     if not path.exists():
         hint = " (install it with `make setup`)" if path == FASHION_MNIST_DIR else ""
-        raise ConfigError(f"--data: {path} does not exist{hint}")
+        raise ConfigError(f"source: {path} does not exist{hint}")
     if not path.is_dir():
-        raise ConfigError(f"--data: {path} is a file; expected a dataset directory or a .beton file")
+        raise ConfigError(f"source: {path} is a file; expected a dataset directory or a .beton file")
     names = {p.name for p in path.iterdir()}
     if {"train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"} & names:
         return "idx"
@@ -127,7 +127,7 @@ def detect_format(path: Path) -> str:
     if (path / "train").is_dir():
         return "imagefolder"
     raise ConfigError(
-        f"--data: {path} is not a dataset this project reads: expected Fashion-MNIST/MNIST IDX files, "
+        f"source: {path} is not a dataset this project reads: expected Fashion-MNIST/MNIST IDX files, "
         "a CIFAR-10/100 python-pickle folder, or an ImageNet-style folder with train/ and val/")
 
 
@@ -153,7 +153,7 @@ def open_source(spec: Union[str, Path, Source], split: str, on_bad_file: str = "
         return _read_cifar_source(path, split, fine=True)
     if fmt == "imagefolder":
         return checked(_read_image_folder(path, split), on_bad_file)
-    raise ConfigError(f"--data: {path} is a .beton file, which only the ffcv loader reads (use --loader ffcv)")
+    raise ConfigError(f"source: {path} is a .beton file, which only the ffcv backend reads (use backend='ffcv')")
 
 
 def _read_idx_file(path: Path) -> np.ndarray:
@@ -168,14 +168,14 @@ def _read_idx_file(path: Path) -> np.ndarray:
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         return data.reshape(dims)
     except (OSError, EOFError, ValueError, struct.error) as err:
-        raise ConfigError(f"--data: {path} is not a valid IDX file ({err}); re-install or re-download it") from None
+        raise ConfigError(f"source: {path} is not a valid IDX file ({err}); re-install or re-download it") from None
 
 
 def _find_idx(path: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (path / name).exists():
             return path / name
-    raise ConfigError(f"--data: {path} lacks {stem}(.gz)")
+    raise ConfigError(f"source: {path} lacks {stem}(.gz)")
 
 
 def _read_idx_source(path: Path, split: str) -> ArraySource:
@@ -183,7 +183,7 @@ def _read_idx_source(path: Path, split: str) -> ArraySource:
     images = _read_idx_file(_find_idx(path, f"{prefix}-images-idx3-ubyte"))
     labels = _read_idx_file(_find_idx(path, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ConfigError(f"--data: {path} IDX files disagree: images {images.shape}, labels {labels.shape}")
+        raise ConfigError(f"source: {path} IDX files disagree: images {images.shape}, labels {labels.shape}")
     name = "fashion-mnist" if "fashion" in str(path).lower() else "mnist"
     mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if name == "fashion-mnist" else ((0.1307,), (0.3081,))
     return ArraySource(name=name, path=path, split=split, images=torch.from_numpy(images.copy()).unsqueeze(1),

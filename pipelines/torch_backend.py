@@ -22,13 +22,20 @@ from torchvision.transforms import v2
 
 from .crops import EvalResizeCrop
 from .augment.train_transforms import random_horizontal_flip, random_resized_crop_boxes, resized_crop
-from .device_stage import DeviceStage
 from .errors import ConfigError
 from .jpeg_batch import check_decode_device, decode_crop_flip, pack, read_with_crop
-from .sampling import derive_seed, epoch_batches, shard_indices, split_batches
+from .loader import LoaderCore
+from .sampling import derive_seed
 from .sources import ArraySource, FileSource, Source
 from .spec import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION, AugmentSpec
 
+# The options build_loader("torch", ...) takes besides the common arguments.
+OPTIONS = {
+    "augment_device": "True (default): the policy runs batched on the device; False: torchvision's per-image "
+                      "transforms in the workers",
+    "decode_device": "JPEG trees, training split: decode batch-at-once on 'cpu' or 'cuda' (nvJPEG) instead of per "
+                     "image in the workers",
+}
 
 
 def torchvision_policy(spec: AugmentSpec) -> Optional[v2.Transform]:
@@ -136,25 +143,25 @@ class _BatchDataset(Dataset):
         try:
             return decode_image(read_file(path), mode=ImageReadMode.RGB)
         except RuntimeError as err:
-            raise ConfigError(f"--data: cannot decode {path} ({err}); remove or replace the file") from None
+            raise ConfigError(f"source: cannot decode {path} ({err}); remove or replace the file") from None
 
 
-class TorchLoader:
-    """The loader contract of DESIGN.md on a torch DataLoader."""
+class TorchLoader(LoaderCore):
+    """The loader contract (`pipelines.loader.LoaderCore`) on a torch DataLoader: batches made in workers.
+
+    Options: `augment_device` (True: the policy runs batched on the device; False: torchvision's per-image
+    transforms in the workers), `decode_device` (JPEG trees, training: decode batch-at-once on "cpu" or "cuda").
+    """
+
+    backend = "torch"
 
     def __init__(self, source: Source, *, split: str, batch_size: int, image_size: Optional[int] = None,
                  augment: AugmentSpec = AugmentSpec(), device="cpu", seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: Optional[bool] = None, num_workers: Optional[int] = None,
                  augment_device: bool = True, decode_device: Optional[str] = None) -> None:
-        self.train = split == "train"
-        self.source, self.batch_size, self.seed = source, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.drop_last = self.train if drop_last is None else drop_last
-        self.image_size = image_size or source.native_size
-        if self.image_size is None:
-            raise ConfigError("--image-size is required for a JPEG tree (e.g. 224)")
-        self.device = torch.device(device)
-        self.epoch = 0
+        super().__init__(source, split=split, batch_size=batch_size, image_size=image_size, augment=augment,
+                         device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
+                         stage_augment=augment if augment_device else None)
         worker_policy = None if augment_device else torchvision_policy(augment)
         self.decode_device = None if decode_device is None else self._check_batch_decode(decode_device, source,
                                                                                           augment_device)
@@ -165,7 +172,6 @@ class TorchLoader:
             files_or_cpu_aug = isinstance(source, FileSource) or worker_policy is not None
             num_workers = min(8, os.cpu_count() or 1) if files_or_cpu_aug else 0
         self.num_workers = num_workers
-        self.stage = DeviceStage(source.mean, source.std, self.device, augment if augment_device else None, seed, rank)
 
     def _check_batch_decode(self, decode_device: str, source: Source, augment_device: bool) -> torch.device:
         if not isinstance(source, FileSource):
@@ -178,26 +184,16 @@ class TorchLoader:
             raise ConfigError("decode_device needs augment_device=True (the policy then runs on the device too)")
         return check_decode_device(decode_device)
 
-    def _batches(self) -> list:
-        indices = shard_indices(len(self.source), seed=self.seed, epoch=self.epoch, rank=self.rank,
-                                world_size=self.world_size, shuffle=self.train, drop_last=self.drop_last)
-        return split_batches(indices, self.batch_size, self.drop_last)
-
-    def __len__(self) -> int:
-        return epoch_batches(len(self.source), self.world_size, self.batch_size, self.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle and reseed augmentation for `epoch`."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator:
-        keys = [(self.epoch, i, batch) for i, batch in enumerate(self._batches())]
+    def _produce(self, epoch: int, start: int) -> Iterator:
+        keys = [(epoch, i, batch) for i, batch in enumerate(self.epoch_batches(epoch))][start:]
+        if not keys:
+            return
         loader = DataLoader(self.dataset, sampler=keys, batch_size=None, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             prefetch_factor=4 if self.num_workers else None)
-        for batch_index, (images, labels) in enumerate(loader):
+        for batch_index, (images, labels) in enumerate(loader, start):
             if isinstance(images, _DecodeFailure):
                 raise ConfigError(str(images))
             if self.decode_device is not None:
                 images = decode_crop_flip(*images, size=self.image_size, device=self.decode_device)
-            yield self.stage(images, labels, self.epoch, batch_index)
+            yield batch_index, images, labels

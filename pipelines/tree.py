@@ -136,7 +136,7 @@ def class_folders(train_dir: Path) -> List[str]:
         with os.scandir(train_dir) as entries:
             return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
     except OSError as err:
-        raise ConfigError(f"--data: cannot list {train_dir} ({err.strerror})") from None
+        raise ConfigError(f"source: cannot list {train_dir} ({err.strerror})") from None
 
 
 def _image_name(name: bytes) -> bool:
@@ -175,14 +175,14 @@ def list_split(root: Path, split_folder: str) -> TreeListing:
     """List ``root/split_folder`` with the classes of ``root/train``; logs what is not taken, once per tree."""
     classes = class_folders(root / "train")
     if not classes:
-        raise ConfigError(f"--data: {root / 'train'} has no class folders")
+        raise ConfigError(f"source: {root / 'train'} has no class folders")
     split_dir = root / split_folder
     if not split_dir.is_dir():
-        raise ConfigError(f"--data: {split_dir} is missing (an ImageNet-style tree needs train/ and val/)")
+        raise ConfigError(f"source: {split_dir} is missing (an ImageNet-style tree needs train/ and val/)")
     present = set(class_folders(split_dir))
     foreign = sorted(present - set(classes))
     if foreign:
-        raise ConfigError(f"--data: class folder {foreign[0]!r} in {split_dir} is not in {root / 'train'}"
+        raise ConfigError(f"source: class folder {foreign[0]!r} in {split_dir} is not in {root / 'train'}"
                           f"{f' (nor {len(foreign) - 1} more)' if len(foreign) > 1 else ''}; classes come from "
                           "train/: add it there or remove it")
     leftovers = _Leftovers()
@@ -207,7 +207,7 @@ def list_split(root: Path, split_folder: str) -> TreeListing:
                           not_taken=leftovers.count, not_taken_examples=tuple(leftovers.examples),
                           empty_classes=tuple(c for c, n in zip(classes, counts.tolist()) if n == 0))
     if not len(listing.files):
-        raise ConfigError(f"--data: {split_dir} holds no images ({' '.join(IMAGE_EXTENSIONS)}, any case)")
+        raise ConfigError(f"source: {split_dir} holds no images ({' '.join(IMAGE_EXTENSIONS)}, any case)")
     report(listing, split_dir)
     return listing
 

@@ -132,7 +132,7 @@ def usable_indices(files: list, root: str, on_bad_file: str) -> list:
     named = f"{files[first]} ({problems[first]})" + (f" and {len(problems) - 1} more" if len(problems) > 1 else "")
     if check_policy(on_bad_file) == "error":
         raise ConfigError(f"source: {len(problems)} of {len(files)} images in {root} cannot be used: {named}; "
-                          "remove or replace them, or skip them (on_bad_file='skip', --on-bad-file skip)")
+                          "remove or replace them, or skip them (on_bad_file='skip')")
     if len(problems) == len(files):
         raise ConfigError(f"source: none of the {len(files)} images in {root} can be used: {named}")
     if (root, len(problems), files[first]) not in _SKIPS_SAID:

@@ -15,6 +15,23 @@ from .commands.sweep import sweep_command
 from .commands.training import distill_command, train_teacher_command
 
 
+# pipelines' errors name the library's parameters; on the command line the user knows them as these flags.
+_FLAGS_OF_PARAMETERS = (("force=True", "--force"), ("on_bad_file='skip'", "--on-bad-file skip"),
+                        ("backend='ffcv'", "--loader ffcv"), ("convert_to_beton(SOURCE, ", "rkd convert SOURCE "),
+                        ("convert_to_beton with ", "rkd convert "), ("write_mode ", "--write-mode "),
+                        ("max_resolution", "--max-resolution"), ("jpeg_quality", "--jpeg-quality"),
+                        ("image_size=", "--image-size "), ("image_size ", "--image-size "))
+
+
+def in_flags(message: str) -> str:
+    """A pipelines error message with its parameters named by the CLI's flags (`source` is --data)."""
+    if message.startswith("source: "):
+        message = "--data: " + message[len("source: "):]
+    for parameter, flag in _FLAGS_OF_PARAMETERS:
+        message = message.replace(parameter, flag)
+    return message
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="rkd")
 def cli() -> None:
@@ -42,7 +59,7 @@ def main(argv=None) -> None:
         click.echo(f"error: {err.format_message()}{hint}", err=True)
         sys.exit(err.exit_code)
     except ConfigError as err:
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {in_flags(str(err))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted; continue the run with --resume", err=True)

@@ -394,12 +394,12 @@ def test_cutout_zeroes_one_clipped_square(flat_tree):
 def test_bad_input(fmnist64, photo_tree, tmp_path):
     with pytest.raises(ConfigError, match="unknown augment_backend 'kornia'"):
         dali(fmnist64, split="train", batch_size=8, augment_backend="kornia")
-    with pytest.raises(ConfigError, match="--image-size is required"):
+    with pytest.raises(ConfigError, match="image_size is required"):
         dali(photo_tree, split="train", batch_size=8)
     with pytest.raises(ConfigError, match="does not exist"):
         dali(tmp_path / "nowhere", split="train", batch_size=8)
     (tmp_path / "data.beton").write_bytes(b"")
-    with pytest.raises(ConfigError, match="only the ffcv loader"):
+    with pytest.raises(ConfigError, match="only the ffcv backend"):
         dali(tmp_path / "data.beton", split="train", batch_size=8)
     with pytest.raises(ConfigError, match="decode_device 'mixed'"):
         dali(fmnist64, split="train", batch_size=8, decode_device="mixed")

@@ -33,8 +33,10 @@ from formats import write_jpeg_tree  # noqa: E402
 
 from pipelines import AugmentSpec, ConfigError, build_loader, open_source  # noqa: E402
 from pipelines.ffcv.beton import cache_root, cached_beton, convert_to_beton, read_beton, sidecar_path  # noqa: E402
-from pipelines.ffcv.loader import FFCVLoader, eval_crop_box  # noqa: E402
+from pipelines.crops import eval_crop_box  # noqa: E402
+from pipelines.ffcv.loader import FFCVLoader  # noqa: E402
 from pipelines.photo_tree import build_photo_tree  # noqa: E402
+from rkd.cli import cli, in_flags  # noqa: E402
 from rkd.commands.convert import convert_command  # noqa: E402
 
 MEAN_TOLERANCE, P99_TOLERANCE = 4.0, 24.0
@@ -204,7 +206,7 @@ def test_convert_describes_and_refuses_to_overwrite(fmnist_dir, tmp_path):
     assert (info.num_samples, info.channels, info.native_size, info.kind) == (128, 1, 28, "array")
     assert info.options["write_mode"] == "raw" and sidecar_path(out).exists()
     assert read_beton(out) == info
-    with pytest.raises(ConfigError, match="exists; pass --force"):
+    with pytest.raises(ConfigError, match="exists; pass force=True"):
         convert_to_beton(fmnist_dir, out, split="test", progress=False)
     again = convert_to_beton(fmnist_dir, out, split="test", write_mode="jpg", jpeg_quality=80, force=True,
                              progress=False)
@@ -243,8 +245,9 @@ def test_convert_command(fmnist_dir, tmp_path):
     result = CliRunner().invoke(convert_command, [str(fmnist_dir), str(out), "--split", "test", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "wrote 128 images" in result.output and out.exists()
-    with pytest.raises(ConfigError, match="exists; pass --force"):
-        convert_command.main([str(fmnist_dir), str(out), "--split", "test"], standalone_mode=False)
+    refused = CliRunner().invoke(cli, ["convert", str(fmnist_dir), str(out), "--split", "test"])
+    assert isinstance(refused.exception, ConfigError) and "exists; pass force=True" in str(refused.exception)
+    assert in_flags(str(refused.exception)).endswith("exists; pass --force to overwrite it")
     result = CliRunner().invoke(convert_command, [str(fmnist_dir), str(out), "--split", "test", "--force"])
     assert result.exit_code == 0, result.output
 

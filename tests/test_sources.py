@@ -44,7 +44,7 @@ def test_image_folder(jpeg_tree):
 
 
 def test_missing_path(tmp_path):
-    with pytest.raises(ConfigError, match=r"--data: .*nowhere does not exist"):
+    with pytest.raises(ConfigError, match=r"^source: .*nowhere does not exist"):
         open_source(tmp_path / "nowhere", "train")
 
 

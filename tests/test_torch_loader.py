@@ -93,7 +93,7 @@ def test_torchvision_worker_augmentation_changes_images(fmnist_dir):
 def test_bad_input(fmnist_dir, jpeg_tree):
     with pytest.raises(ConfigError, match="build_loader: unknown backend 'tf'"):
         build_loader("tf", fmnist_dir, split="train", batch_size=8)
-    with pytest.raises(ConfigError, match="--image-size is required"):
+    with pytest.raises(ConfigError, match="image_size is required"):
         build_loader("torch", jpeg_tree, split="train", batch_size=8)
     with pytest.raises(ConfigError, match="magnitude 31 is outside 0..30"):
         AugmentSpec("randaugment", magnitude=31)

@@ -67,9 +67,9 @@ from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from ..device_stage import DeviceStage
 from ..errors import ConfigError
-from ..sampling import derive_seed, epoch_batches, shard_indices, split_batches
+from ..loader import LoaderCore
+from ..sampling import derive_seed
 from ..sources import ArraySource, FileSource, Source, open_source
 from ..spec import ARRAY_CROP_PADDING, EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE, AugmentSpec
 from ..validate import inspect_file
@@ -140,15 +140,19 @@ def _graph(reader: Callable, train: bool, augment: Optional[AugmentSpec], channe
 
 
 # ---------------------------------------------------------------- the loader
-class DALILoader:
-    """The loader contract of DESIGN.md on a DALI graph rebuilt, with its own seed, for every epoch.
+class DALILoader(LoaderCore):
+    """The loader contract (`pipelines.loader.LoaderCore`) on a DALI graph rebuilt, with its own seed, for every
+    epoch.
 
-    Extra keyword arguments: `augment_backend` ("dali": auto_aug in the graph; "rkd": `pipelines.augment` on
-    DALI's output), `prefetch_queue_depth` (DALI's), `decode_device` ("mixed" or "cpu"; default "mixed" on CUDA),
+    Options: `augment_backend` ("dali": auto_aug in the graph; "rkd": `pipelines.augment` on DALI's output),
+    `prefetch_queue_depth` (DALI's), `decode_device` ("mixed" or "cpu"; default "mixed" on CUDA),
     `declare_ahead` (declare the next epoch's graph in a background thread during this epoch; default: when
     training on CUDA with auto_aug in the graph, whose declaration -- DALI traces it in Python -- takes seconds).
-    `num_workers` is DALI's number of CPU threads.
+    `num_workers` is DALI's number of CPU threads. DALI draws its random numbers batch after batch, so resuming
+    in the middle of an epoch (`load_state_dict`) runs the epoch's first batches through the graph again.
     """
+
+    backend = "dali"
 
     def __init__(self, source: Union[str, os.PathLike, Source], *, split: str, batch_size: int,
                  image_size: Optional[int] = None, augment: AugmentSpec = AugmentSpec(), device="cpu",
@@ -156,62 +160,38 @@ class DALILoader:
                  num_workers: Optional[int] = None, augment_backend: str = "dali", prefetch_queue_depth: int = 2,
                  decode_device: Optional[str] = None, declare_ahead: Optional[bool] = None) -> None:
         if augment_backend not in AUGMENT_BACKENDS:
-            raise ConfigError(f"unknown augment_backend {augment_backend!r}: choose one of "
+            raise ConfigError(f"DALILoader: unknown augment_backend {augment_backend!r}: choose one of "
                               f"{', '.join(AUGMENT_BACKENDS)}")
-        self.source = open_source(source, split)
-        self.train = split == "train"
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.drop_last = self.train if drop_last is None else drop_last
-        self.image_size = image_size or self.source.native_size
-        if self.image_size is None:
-            raise ConfigError("--image-size is required for a JPEG tree (e.g. 224)")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
-        if self.device.type not in ("cpu", "cuda"):
-            raise ConfigError(f"--device {device}: the dali loader runs on cpu or cuda")
+        if torch.device(device).type not in ("cpu", "cuda"):
+            raise ConfigError(f"DALILoader: device {device!r}: the dali backend runs on 'cpu' or 'cuda'")
+        super().__init__(open_source(source, split), split=split, batch_size=batch_size, image_size=image_size,
+                         augment=augment, device=device, seed=seed, rank=rank, world_size=world_size,
+                         drop_last=drop_last, stage_augment=augment if augment_backend == "rkd" else None)
         self.decode_device = decode_device or ("mixed" if self.device.type == "cuda" else "cpu")
         if self.decode_device not in ("mixed", "cpu") or (self.decode_device == "mixed" and self.device.type != "cuda"):
-            raise ConfigError(f"decode_device {self.decode_device!r}: use 'cpu', or 'mixed' with a CUDA device")
+            raise ConfigError(f"DALILoader: decode_device {self.decode_device!r}: use 'cpu', or 'mixed' with a "
+                              "CUDA device")
         self.num_threads = num_workers or min(8, os.cpu_count() or 1)
         self.prefetch_queue_depth = prefetch_queue_depth
-        self.epoch = 0
         self._declarer: Optional[ThreadPoolExecutor] = None
         self._ahead: Optional[tuple] = None  # (epoch, future pipeline) declared in the background
         self.array_crop_scale = augment.array_crop_scale
-        augment = augment if self.train else AugmentSpec()
         self.graph_augment = augment if augment.enabled and augment_backend == "dali" else None
         slow_graph = self.graph_augment is not None
         self.declare_ahead = slow_graph and self.device.type == "cuda" if declare_ahead is None else declare_ahead
-        self.stage = DeviceStage(self.source.mean, self.source.std, self.device,
-                                 augment if augment_backend == "rkd" else None, seed, rank)
         if isinstance(self.source, ArraySource):
             self.arrays = self.source.images.permute(0, 2, 3, 1).contiguous().numpy()  # NHWC, as DALI reads
 
-    def _batches(self, epoch: Optional[int] = None) -> List[np.ndarray]:
-        indices = shard_indices(len(self.source), seed=self.seed, epoch=self.epoch if epoch is None else epoch,
-                                rank=self.rank, world_size=self.world_size, shuffle=self.train,
-                                drop_last=self.drop_last)
-        return split_batches(indices, self.batch_size, self.drop_last)
-
-    def __len__(self) -> int:
-        return epoch_batches(len(self.source), self.world_size, self.batch_size, self.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle and reseed (crops, flips, augmentation) for `epoch`."""
-        self.epoch = epoch
-
-    def _pipeline_for_this_epoch(self, batches: List[np.ndarray]):
+    def _pipeline_for_epoch(self, epoch: int, batches: List[np.ndarray]):
         """This epoch's pipeline: the one declared in the background during the last epoch if it is for this
         epoch, else a new one; with `declare_ahead`, the next epoch's is declared while this epoch runs."""
         ahead, self._ahead = self._ahead, None
-        pipe = ahead[1].result() if ahead is not None and ahead[0] == self.epoch else self._pipeline(batches,
-                                                                                                    self.epoch)
+        pipe = ahead[1].result() if ahead is not None and ahead[0] == epoch else self._pipeline(batches, epoch)
         if self.declare_ahead:
             if self._declarer is None:
                 self._declarer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-graph")
-            following = self.epoch + 1
-            self._ahead = (following, self._declarer.submit(self._pipeline, self._batches(following), following))
+            following = epoch + 1
+            self._ahead = (following, self._declarer.submit(self._pipeline, self.epoch_batches(following), following))
         return pipe
 
     def _pipeline(self, batches: List[np.ndarray], epoch: int):
@@ -255,18 +235,17 @@ class DALILoader:
                     return ConfigError(f"source: DALI cannot decode {path} ({reason}); remove or replace the file")
         return ConfigError(f"source: DALI failed on {self.source.path} ({_dali_cause(err)})")
 
-    def __iter__(self) -> Iterator:
-        batches = self._batches()
-        if not batches:
-            return
-        pipe = self._pipeline_for_this_epoch(batches)
+    def _produce(self, epoch: int, start: int) -> Iterator:
+        batches = self.epoch_batches(epoch)
+        pipe = self._pipeline_for_epoch(epoch, batches)
         try:
             for index, batch in enumerate(batches):
                 try:
                     images = self._run(pipe, len(batch))
                 except RuntimeError as err:  # DALI reports the batch it failed on a few batches early
                     raise self._read_error(err, batches[index:index + self.prefetch_queue_depth + 1]) from None
-                yield self.stage(images, self.source.labels[torch.as_tensor(batch)], self.epoch, index)
+                if index >= start:  # earlier batches only replay DALI's random draws
+                    yield index, images, self.source.labels[torch.as_tensor(batch)]
         finally:
             del pipe
 

@@ -2,6 +2,7 @@
 TrivialAugment, jittered RandAugment, cutout) applied over it inside a DALI graph."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional
 
 import numpy as np

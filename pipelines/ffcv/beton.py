@@ -88,7 +88,7 @@ def _resolve_write_mode(write_mode: Optional[str], source: Source) -> str:
     if write_mode is None:
         return "raw" if isinstance(source, ArraySource) else "jpg"
     if write_mode not in WRITE_MODES:
-        raise ConfigError(f"unknown --write-mode {write_mode!r}: choose one of {', '.join(WRITE_MODES)}")
+        raise ConfigError(f"unknown write_mode {write_mode!r}: choose one of {', '.join(WRITE_MODES)}")
     return write_mode
 
 
@@ -96,9 +96,9 @@ def _conversion_options(source: Source, max_resolution: Optional[int], write_mod
                         jpeg_quality: int, compress_probability: float) -> dict:
     mode = _resolve_write_mode(write_mode, source)
     if max_resolution is not None and max_resolution < 1:
-        raise ConfigError(f"--max-resolution must be positive, got {max_resolution}")
+        raise ConfigError(f"max_resolution must be positive, got {max_resolution}")
     if not 1 <= jpeg_quality <= 100:
-        raise ConfigError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
+        raise ConfigError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     if not 0.0 <= compress_probability <= 1.0:
         raise ConfigError(f"compress_probability must be in [0, 1], got {compress_probability}")
     options = {"write_mode": mode, "max_resolution": max_resolution}
@@ -285,7 +285,7 @@ def _page_size(source: Source, max_resolution: Optional[int]) -> int:
         page *= 2
     if page >= MAX_PAGE_SIZE:
         raise ConfigError(f"source: {names[largest_index]} is too large for a .beton ({largest} bytes of pixels, "
-                          f"FFCV pages hold under {MAX_PAGE_SIZE // 2}): pass max_resolution (--max-resolution)")
+                          f"FFCV pages hold under {MAX_PAGE_SIZE // 2}): pass max_resolution")
     return page
 
 
@@ -372,7 +372,7 @@ def recorded_source(info: BetonInfo) -> str:
         differ.append("other class folders")
     if differ:
         raise ConfigError(f"source: {info.path} was converted from {info.source}, which now holds another dataset "
-                          f"({'; '.join(differ)}): convert it again (rkd convert --force) or pass the dataset itself")
+                          f"({'; '.join(differ)}): convert it again (force=True) or pass the dataset itself")
     return info.source
 
 
@@ -391,7 +391,7 @@ def convert_to_beton(source: Union[str, Path, Source], out_path: Union[str, Path
     if out.suffix != ".beton":
         raise ConfigError(f"{out}: the output file name must end in .beton")
     if out.exists() and not force:
-        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+        raise ConfigError(f"{out} exists; pass force=True to overwrite it")
     opened = _open(source, split, on_bad_file)
     options = _conversion_options(opened, max_resolution, write_mode, jpeg_quality, compress_probability)
     return _write(opened, out, options, num_workers, progress, source_key=source_fingerprint(opened, options))
@@ -460,7 +460,7 @@ def _check_structure(path: Path, reader: Reader) -> None:
         intact = (len(table) > 0 and int((table["ptr"] + table["size"]).max()) <= table_ptr
                   and len(np.unique(table["sample_id"])) == reader.num_samples)
     if not intact:
-        raise ConfigError(f"--data: {path} is truncated or damaged; re-create it with `rkd convert --force`")
+        raise ConfigError(f"source: {path} is truncated or damaged; re-create it (convert_to_beton with force=True)")
 
 
 def _check_fields(path: Path, reader: Reader) -> None:
@@ -468,7 +468,7 @@ def _check_fields(path: Path, reader: Reader) -> None:
     if not (isinstance(reader.handlers.get(IMAGE_FIELD), RGBImageField)
             and isinstance(reader.handlers.get(LABEL_FIELD), IntField)):
         listed = ", ".join(f"{n}: {t}" for n, t in found.items()) or "none"
-        raise ConfigError(f"--data: {path} has fields ({listed}); the ffcv loader needs "
+        raise ConfigError(f"source: {path} has fields ({listed}); the ffcv loader needs "
                           f"'{IMAGE_FIELD}': RGBImageField and '{LABEL_FIELD}': IntField (write it with rkd convert)")
 
 
@@ -476,12 +476,12 @@ def open_reader(path: Union[str, Path]) -> Reader:
     """FFCV's Reader on `path`, with a one-line ConfigError for a missing, unreadable or truncated file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"--data: {path} does not exist; create it with `rkd convert SOURCE {path}`")
+        raise ConfigError(f"source: {path} does not exist; create it with convert_to_beton(SOURCE, {path})")
     try:
         reader = Reader(str(path))
     except (AssertionError, ValueError, IndexError, KeyError, TypeError, OSError) as err:
-        raise ConfigError(f"--data: {path} is not a readable .beton ({type(err).__name__}: {err}); "
-                          "re-create it with `rkd convert --force`") from None
+        raise ConfigError(f"source: {path} is not a readable .beton ({type(err).__name__}: {err}); "
+                          "re-create it (convert_to_beton with force=True)") from None
     _check_structure(path, reader)
     _check_fields(path, reader)
     return reader
@@ -500,12 +500,12 @@ def read_beton(path: Union[str, Path]) -> BetonInfo:
         known = {k: meta[k] for k in BetonInfo.__dataclass_fields__ if k != "path" and k in meta}
         info = BetonInfo(path=path, **known)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"--data: {sidecar} is not a valid .beton description ({err}); "
-                          "delete it or re-run rkd convert --force") from None
+        raise ConfigError(f"source: {sidecar} is not a valid .beton description ({err}); "
+                          "delete it or convert again with force=True") from None
     if (meta.get("layout") != LAYOUT_VERSION or meta.get("beton_bytes") != path.stat().st_size
             or info.num_samples != reader.num_samples):
-        raise ConfigError(f"--data: {sidecar} describes another .beton than {path.name}; "
-                          "delete it or re-run rkd convert --force")
+        raise ConfigError(f"source: {sidecar} describes another .beton than {path.name}; "
+                          "delete it or convert again with force=True")
     return BetonInfo(**{**asdict(info), "path": path, "mean": tuple(info.mean), "std": tuple(info.std),
                         "classes": tuple(info.classes) if info.classes is not None else None,
                         "extra_fields": extra})
