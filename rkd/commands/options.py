@@ -142,7 +142,8 @@ def build_job_options(kw: dict, default_policy: str, default_arch_key: str = "ar
                         milestones=STEP_MILESTONES.get(kind, (0.5, 0.75)))
     job = JobOptions(data=data, arch=check_arch(_pop_or(kw, "arch", defaults[default_arch_key])), optim=optim,
                      seed=kw.pop("seed"), device=kw.pop("device"), runs_dir=kw.pop("runs_dir"), name=kw.pop("name"),
-                     resume=kw.pop("resume"), checkpoint_every=kw.pop("checkpoint_every", DEFAULT_CHECKPOINT_EVERY),  # sweep: the default
+                     resume=kw.pop("resume"),
+                     checkpoint_every=kw.pop("checkpoint_every", DEFAULT_CHECKPOINT_EVERY),  # rkd sweep has no flag
                      amp=not kw.pop("no_amp"), progress=not kw.pop("no_progress"),
                      extra=extra or {})
     return job, defaults
