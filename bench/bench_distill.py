@@ -31,7 +31,7 @@ def build_trainer(loader, device: torch.device, metrics_every: int, student_arch
     models = [create(teacher_arch, *shape).to(device, memory_format=torch.channels_last).eval()
               for _ in range(teachers)]
     kd_step = KDStep(TeacherEnsemble(models), alpha=0.6, temperature=3.0, mode="per-teacher",
-                     steps_per_epoch=len(loader), metrics_every=metrics_every, record=lambda record: None)
+                     metrics_every=metrics_every)
     return Trainer(student, loader, kd_step, lambda model, epoch: {}, OptimConfig(epochs=1000),
                    ModelInfo(student_arch, *shape), device, run=None, progress=False)
 

@@ -135,6 +135,7 @@ class JobOptions:
     resume: bool = False
     amp: bool = True
     progress: bool = True
+    checkpoint_every: int = 0  # training steps between mid-epoch step checkpoints (0: epoch ends only)
     kd: Optional[KDOptions] = None
     teachers: tuple = ()   # TeacherRecords, filled in by the distillation before its run directory opens
     init: Optional[str] = None

@@ -14,8 +14,10 @@ from ..study.executors import EXECUTORS, make_executor
 from ..study.status import describe, read_plan
 from ..study.report import write_outputs
 from .multi_value import ManyValues
-from .options import (Flags, build_job_options, build_kd_options, build_teacher_options, data_options, kd_options,
-                      model_options, teacher_options)
+from .options import (DEFAULT_CHECKPOINT_EVERY, Flags, build_job_options, build_kd_options, build_teacher_options,
+                      data_options, kd_options, model_options, teacher_options)
+
+
 
 CPU_SWEEP_EPOCHS = 6         # the default sweep's cut to fit 30 minutes on 2 CPU cores
 CPU_SWEEP_TRAIN_IMAGES = 5000
@@ -75,7 +77,8 @@ def sweep_command(name, regime, magnitudes, seeds, teacher_magnitudes, train_ima
     if resolve_device(kw["device"]).type == "cpu":
         epochs = epochs or CPU_SWEEP_EPOCHS
         train_images = CPU_SWEEP_TRAIN_IMAGES if train_images is None else train_images
-    flags = Flags(kw, epochs=epochs, batch_size=batch_size, seed=seeds[0], name=None, resume=True)
+    flags = Flags(kw, epochs=epochs, batch_size=batch_size, seed=seeds[0], name=None, resume=True,
+                  checkpoint_every=DEFAULT_CHECKPOINT_EVERY)  # rkd sweep has no --checkpoint-every
     job, facts, defaults = build_job_options(flags, default_policy="randaugment", kd=build_kd_options(flags))
     job = replace(job, data=replace(job.data, train_images=train_images or None))
     for magnitude in (*magnitudes, *(teacher_magnitudes or ())):

@@ -20,8 +20,9 @@ from ..errors import RkdError
 from ..train.evaluate import predict_logits
 from ..measure.metrics import accuracy
 from ..train.job import JobContext, JobOptions, augment_tag, start_job, wrap_for_training
-from ..models import unwrap
+from ..models import WithFeatures, unwrap
 from ..train.optim import OptimConfig
+from ..train.plots import plot_loss_parts
 from .pretrained import is_timm_spec, parse_timm_spec, timm_init, timm_teacher
 from ..train.trainer import ModelInfo, Trainer
 
@@ -31,19 +32,23 @@ def teacher_run_name(options: JobOptions, kind: str) -> str:
     return f"teacher-{kind}-{options.arch}-{augment_tag(data.augment)}-s{options.seed}"
 
 
-def cross_entropy_step(model, images, labels):
-    return F.cross_entropy(model(images), labels)
+def cross_entropy_step(model, images, labels, step: int) -> dict:
+    """The Trainer's step function for a classifier: cross-entropy only, so loss == ce."""
+    logits, _ = model(images)
+    loss = F.cross_entropy(logits, labels)
+    return {"loss": loss, "ce": loss.detach()}
 
 
 def classifier_evaluation(context: JobContext):
-    """Per-epoch test and train-subset accuracy (main rank only)."""
-    test_loader, train_eval = eval_loaders(context.options.data, context.facts, context.device)
+    """Per-epoch test and train-subset accuracy: every rank evaluates its shard, the main rank reports."""
+    test_loader, train_eval = eval_loaders(context.options.data, context.facts, context.device, context.dist)
 
     def evaluate(model, epoch: int) -> dict:
+        test, train = (predict_logits(unwrap(model), loader, context.device, context.options.amp, context.dist)
+                       for loader in (test_loader, train_eval))
         if not context.dist.is_main:
             return {}
-        test_acc = float(accuracy(*predict_logits(unwrap(model), test_loader, context.device, context.options.amp)))
-        train_acc = float(accuracy(*predict_logits(unwrap(model), train_eval, context.device, context.options.amp)))
+        test_acc, train_acc = float(accuracy(*test)), float(accuracy(*train))
         return {"test_acc": test_acc, "train_acc": train_acc, "gap": train_acc - test_acc}
 
     return evaluate
@@ -119,15 +124,18 @@ def train_teacher(options: JobOptions, facts: DatasetFacts, role: str = "teacher
     context = start_job(options, facts, teacher_run_name(options, facts.kind) + ("-pretrained" if init else ""))
     model = (context.new_model() if pretrained is None
              else pretrained.to(context.device, memory_format=torch.channels_last))
-    trainer = Trainer(wrap_for_training(model, context),
+    trainer = Trainer(wrap_for_training(WithFeatures(model), context),
                       train_loader(options.data, context.facts, context.device, options.seed, context.dist),
                       cross_entropy_step, classifier_evaluation(context), options.optim,
                       ModelInfo(options.arch, context.facts.num_classes, context.facts.image_size,
                                 context.facts.in_chans), context.device, context.run, amp=options.amp,
-                      progress=options.progress, description=f"{role} {options.arch} s{options.seed}")
+                      progress=options.progress, description=f"{role} {options.arch} s{options.seed}",
+                      checkpoint_every=options.checkpoint_every, dist=context.dist)
     if options.resume:
         trainer.resume()
-    trainer.fit()
+    records = trainer.fit()
+    if context.run is not None:
+        plot_loss_parts(records, context.run.plots / "loss.png")
     barrier(context.dist)
     return context
 

@@ -37,6 +37,9 @@ def cams(features: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, lab
 class AttentionMeter:
     """Accumulates attention IoU of T teachers (and optionally a student, as model index T) over batches."""
 
+    SUMMED = ("pairwise_sum", "intersection", "soft_sum", "all_intersection", "any_union", "paper_pairwise",
+              "paper_all_teachers", "paper_everyone")
+
     def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, out_size: Optional[int] = None,
                  cam_mode: str = "agnostic", backend: str = "auto", paper: bool = False) -> None:
         self.thresholds, self.out_size, self.cam_mode, self.backend = tuple(thresholds), out_size, cam_mode, backend
@@ -86,6 +89,16 @@ class AttentionMeter:
             current = getattr(self, key)
             setattr(self, key, value.cpu().double() if current is None else current + value.cpu().double())
         self.images += teacher_maps.shape[1]
+
+    def merge(self, other: "AttentionMeter") -> None:
+        """Add the counts of `other` (same thresholds, same models), e.g. the batches another rank evaluated;
+        merging one-batch meters in batch order gives exactly the sums of updating one meter with those batches."""
+        for key in self.SUMMED:
+            value, current = getattr(other, key), getattr(self, key)
+            if value is not None:
+                setattr(self, key, value if current is None else current + value)
+        self.images += other.images
+        self.num_teachers = other.num_teachers or self.num_teachers
 
     def _paper_batch(self, teacher_maps: torch.Tensor, student_map: Optional[torch.Tensor], size: int) -> dict:
         """The paper's IoUs of this batch, times its size (the paper weights batches by their size)."""

@@ -12,7 +12,8 @@ import torch
 import pipelines
 
 from ..config import DataOptions
-from .distributed import DistInfo
+from .distributed import SINGLE_PROCESS, DistInfo
+from .evaluate import batch_shard
 from ..errors import ConfigError, RkdError
 
 
@@ -76,15 +77,24 @@ def train_loader(options: DataOptions, facts: DatasetFacts, device: torch.device
                        "images, so an epoch would have no batch: use a smaller --batch-size") from None
 
 
-def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device) -> tuple:
-    """(test loader, train-subset loader): un-augmented, unshuffled, on the torch backend, whole sets per rank.
+def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device,
+                 dist: DistInfo = SINGLE_PROCESS) -> tuple:
+    """(test loader, train-subset loader): un-augmented, unshuffled, on the torch backend; under torchrun each
+    rank's loader yields its whole batches of the single-process batching (see rkd.train.evaluate.batch_shard).
 
     Evaluation is the same whatever the training backend, so backends are compared on equal terms.
     The train subset (`train_eval_size` samples of the training data, fixed) measures train accuracy for the
     overfitting gap.
     """
+    batch_size = max(256, options.batch_size)
+
     def loader(source):
-        return pipelines.build_loader("torch", source, split="test", batch_size=max(256, options.batch_size),
+        if dist.world_size > 1:
+            mine = batch_shard(len(source), batch_size, dist)
+            if not len(mine):
+                return []  # fewer batches than ranks: this rank has none
+            source = take(source, mine)
+        return pipelines.build_loader("torch", source, split="test", batch_size=batch_size,
                                       image_size=facts.image_size, device=device, num_workers=options.workers)
 
     data = evaluation_data(options)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,9 @@ class DistInfo:
         return self.rank == 0
 
 
+SINGLE_PROCESS = DistInfo(0, 1, 0)
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' → this rank's CUDA device when there is one, else the CPU."""
     if name == "auto":
@@ -32,7 +36,7 @@ def init_distributed(device_name: str) -> tuple:
     """Join the process group when launched by torchrun; returns (DistInfo, device)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return DistInfo(0, 1, 0), resolve_device(device_name)
+        return SINGLE_PROCESS, resolve_device(device_name)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if device.type == "cuda":
@@ -47,7 +51,25 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def gather_to_main(value, info: DistInfo) -> Optional[list]:
+    """Every rank's (picklable) `value` in rank order on the main process, None on the others; [value] alone."""
+    if info.world_size == 1:
+        return [value]
+    gathered = [None] * info.world_size if info.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
 def log(message: str) -> None:
     """Print on the main process only (torchrun sets RANK; a single process is rank 0)."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(message, flush=True)
+
+
+def broadcast_from_main(value, info: DistInfo):
+    """The main process's (picklable) `value` on every rank; `value` itself in a single process."""
+    if info.world_size == 1:
+        return value
+    box = [value if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -37,6 +37,15 @@ def plot_metrics(records: Sequence[dict], keys: Sequence[str], out: Path, title:
     return _save(fig, out)
 
 
+LOSS_PART_KEYS = ("train_loss", "train_ce", "train_kd")
+
+
+def plot_loss_parts(records: Sequence[dict], out: Path) -> Path:
+    """The training loss and its parts (epoch means): total, cross-entropy, distillation (when there is one)."""
+    return plot_metrics(records, LOSS_PART_KEYS, out, "training loss = α·ce + (1−α)·kd (epoch means)"
+                        if any("train_kd" in r for r in records) else "training loss (cross-entropy, epoch means)")
+
+
 def plot_attention_grid(images: torch.Tensor, masks: torch.Tensor, names: Sequence[str], out: Path,
                         title: str) -> Path:
     """Rows of images (N, C, H, W) in [0, 1], each followed by every model's mask (M, N, H, W) overlaid in red."""

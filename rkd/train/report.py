@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .plots import plot_metrics
+from .plots import plot_loss_parts, plot_metrics
 from .runs import RunDir
 
 
@@ -31,7 +31,7 @@ def write_summary(run: RunDir, options, teachers: Sequence[dict], records: Seque
     table = summary_table(rows)
     plot_metrics(records, ["test_acc", "train_acc", "agreement_ensemble"], run.plots / "accuracy.png",
                        "student accuracy and agreement")
-    plot_metrics(records, ["train_loss"], run.plots / "loss.png", "distillation loss")
+    plot_loss_parts(records, run.plots / "loss.png")
     plot_metrics(records, ["iou_tt@0.4", "iou_st@0.4", "iou_st_pooled@0.4", "soft_iou_st"],
                        run.plots / "attention.png", "attention IoU on the test set (threshold 0.4)")
     plot_metrics(records, ["agreement_ensemble", "nmi_st", "kl_teacher_student", "ece_student"],
@@ -48,7 +48,8 @@ def write_summary(run: RunDir, options, teachers: Sequence[dict], records: Seque
         f"- student `{options.arch}`, {options.optim.epochs} epochs, seed {options.seed}",
         f"- teachers: {', '.join(t['path'] for t in teachers)}", "",
         table, "",
-        "Per-epoch metrics (kind `epoch`) and training-batch measurements (kind `step`): `metrics.jsonl`. "
+        "Per-epoch metrics (kind `epoch`, with the loss parts `train_loss` = α·`train_ce` + (1−α)·`train_kd`) "
+        "and training-batch measurements (kind `step`): `metrics.jsonl`. "
         "Plots: `plots/accuracy.png`, `plots/loss.png`, `plots/attention.png`, `plots/fidelity.png`, "
         "`plots/online.png`.", ""])
     run.write_report(report)

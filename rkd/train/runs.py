@@ -16,7 +16,7 @@ from ..errors import RkdError
 VERSIONED = {"torch": ("torch",), "torchvision": ("torchvision",), "timm": ("timm",), "ffcv": ("ffcv",),
              "rkd": ("rkd",), "dali": ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali")}
 # config.json parts that do not change what a resumed run computes: where it is, how it reports, what ran it
-RESUME_IGNORED = ("resume", "name", "runs_dir", "progress", "data.workers", "environment")
+RESUME_IGNORED = ("resume", "name", "runs_dir", "progress", "data.workers", "environment", "checkpoint_every")
 
 
 def _version(distributions: tuple) -> Optional[str]:
@@ -184,9 +184,11 @@ class RunDir:
                                "line (a torn last line is repaired by --resume)") from None
         return [r for r in records if kind is None or r.get("kind") == kind]
 
-    def truncate_metrics(self, completed_epochs: int) -> None:
-        """Drop records of epochs after the last checkpoint (a killed run redoes them on resume)."""
-        kept = [r for r in self.read_metrics() if r.get("epoch", 0) < completed_epochs]
+    def truncate_metrics(self, completed_epochs: int, completed_steps: Optional[int] = None) -> None:
+        """Drop records of epochs after the last checkpoint (a killed run redoes them on resume); with
+        `completed_steps` (a step checkpoint inside the next epoch), keep that epoch's step records up to it."""
+        kept = [r for r in self.read_metrics() if r.get("epoch", 0) < completed_epochs or (
+            completed_steps is not None and r.get("kind") == "step" and r.get("step", 0) <= completed_steps)]
         _write_atomic(self.metrics_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def write_report(self, text: str) -> Path:
