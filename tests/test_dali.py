@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import InterpolationMode  # noqa: E402
 from formats import learnable_images, write_idx  # noqa: E402
 from pipelines import AugmentSpec, ConfigError, build_loader, open_source  # noqa: E402
 from pipelines.augment import space  # noqa: E402
-from pipelines.dali import loader as db, suite as dali_suite  # noqa: E402
+from pipelines.dali import suite as dali_suite  # noqa: E402
 from pipelines.device_stage import DeviceStage  # noqa: E402
 from pipelines.photo_tree import build_photo_tree  # noqa: E402
 from pipelines.sampling import shard_indices  # noqa: E402

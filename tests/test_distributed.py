@@ -1,7 +1,6 @@
 """torchrun with two CPU processes (gloo): DDP distillation runs end to end and only rank 0 writes."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

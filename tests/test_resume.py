@@ -76,7 +76,6 @@ def test_killed_run_resumes_to_the_same_result(setup, whole):
     root, data, teacher = setup
     last = root / "runs" / "killed" / "checkpoints" / "last.pt"
     kill_when(distill_argv(root, data, teacher, "killed"), last)
-    deadline = time.time() + 300
     killed_at = len(records(root, "killed"))
     assert 1 <= killed_at < 3
 

@@ -93,7 +93,7 @@ def eval_loaders(options: DataOptions, facts: DatasetFacts, device: torch.device
             mine = batch_shard(len(source), batch_size, dist)
             if not len(mine):
                 return []  # fewer batches than ranks: this rank has none
-            source = take(source, mine)
+            source = pipelines.take(source, mine)
         return pipelines.build_loader("torch", source, split="test", batch_size=batch_size,
                                       image_size=facts.image_size, device=device, num_workers=options.workers)
 
