@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .errors import ConfigError
+from .errors import ConfigError, RkdError
 from .train import run_lock
 from .commands.analyze import analyze_command
 from .commands.convert import convert_command
@@ -58,8 +58,8 @@ def main(argv=None) -> None:
             hint = f" (see {err.ctx.command_path} --help)"
         click.echo(f"error: {err.format_message()}{hint}", err=True)
         sys.exit(err.exit_code)
-    except ConfigError as err:
-        click.echo(f"error: {in_flags(str(err))}", err=True)
+    except ConfigError as err:  # rkd's own errors already speak flags; only the libraries' are translated
+        click.echo(f"error: {err if isinstance(err, RkdError) else in_flags(str(err))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted; continue the run with --resume", err=True)

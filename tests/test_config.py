@@ -149,6 +149,13 @@ def test_loader_option_refusals_are_one_line(fmnist_dir, tmp_path, capsys, optio
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_loader_option_refusal_names_the_options_as_written(fmnist_dir, tmp_path, capsys):
+    """The options --loader-option takes are listed as KEY names, not rewritten into other flags."""
+    code, _, err = run_cli(["train-teacher", "--data", str(fmnist_dir), "--runs-dir", str(tmp_path), "--loader", "ffcv",
+                            "--loader-option", "bogus=1", *TEACHER], capsys)
+    assert code == 2 and "it takes order, os_cache, batches_ahead, write_mode, max_resolution, jpeg_quality" in err, err
+
+
 def test_loader_option_reaches_the_backend_and_config(fmnist_dir, tmp_path, capsys, monkeypatch):
     """--loader-option augment_device=false: the torch backend augments in its workers; config.json says so."""
     seen = []
